@@ -1,0 +1,85 @@
+"""Beta schedules and skip-step timestep sequences, all in float64.
+
+Notation follows Ho et al. (2020): betas β_t, ᾱ_t = Π_{s<=t} (1 - β_s), with t = 0 … T-1 indexing the
+chain (the paper's t = 1 … T).
+"""
+import math
+
+import torch
+
+from utils.errors import UserError
+
+BETA_SCHEDULES = ('linear', 'quad', 'const', 'cosine', 'sigmoid')
+SKIP_TYPES = ('uniform', 'uniform2', 'quad')
+
+
+def cosine_alphas_cumprod(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
+    """ᾱ(t) of Nichol & Dhariwal (2021, eq. 17) at continuous t in [0, 1], normalised so ᾱ(0) = 1."""
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
+
+
+def make_betas(schedule: str, total_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """β_0 … β_{T-1} as a float64 tensor of shape (T,).
+
+    linear: evenly spaced in [beta_start, beta_end] (the paper's 1e-4 … 0.02).
+    quad: evenly spaced in sqrt-space, then squared.
+    const: beta_end everywhere.
+    cosine: β_t = 1 - ᾱ((t+1)/T) / ᾱ(t/T) from Nichol & Dhariwal's ᾱ, capped at 0.999 (beta_start/end unused).
+    sigmoid: sigmoid(linspace(-6, 6, T)) rescaled to [beta_start, beta_end] (as in diffusion_tf).
+    """
+    T = total_steps
+    if not isinstance(T, int) or T < 1:
+        raise UserError(f"diffusion.total_steps must be a positive integer, got {T!r}")
+    f64 = torch.float64
+    if schedule == 'linear':
+        return torch.linspace(beta_start, beta_end, T, dtype=f64)
+    if schedule == 'quad':
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=f64) ** 2
+    if schedule == 'const':
+        return torch.full((T,), beta_end, dtype=f64)
+    if schedule == 'cosine':
+        t = torch.arange(T + 1, dtype=f64) / T
+        abar = cosine_alphas_cumprod(t)
+        return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    if schedule == 'sigmoid':
+        return torch.sigmoid(torch.linspace(-6, 6, T, dtype=f64)) * (beta_end - beta_start) + beta_start
+    raise UserError(f"unknown diffusion.beta_schedule {schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
+
+
+def skip_sequence(skip_type: str, skip_steps: int, total_steps: int) -> torch.Tensor:
+    """The S timesteps (ascending, int64, shape (S,)) that a skip-step sampler visits.
+
+    uniform: every (T // S)-th step from 0: 0, k, 2k, … (DDIM's 'uniform' when S divides T).
+    uniform2: S points of linspace(0, T-1) rounded, so the chain always starts at t = T-1.
+    quad: floor(linspace(0, sqrt(0.8 T), S) ** 2) (DDIM's 'quad'); where flooring repeats a step near t = 0,
+        later steps are pushed up by one (t_k = max(t_k, t_{k-1} + 1)) so the S steps stay distinct.
+    """
+    T, S = total_steps, skip_steps
+    if not isinstance(S, int) or isinstance(S, bool) or not 1 <= S <= T:
+        raise UserError(f"skip_steps must be an integer in [1, {T}] (the diffusion's total_steps), got {S!r}")
+    if skip_type == 'uniform':
+        seq = torch.arange(S, dtype=torch.int64) * (T // S)
+    elif skip_type == 'uniform2':
+        seq = torch.linspace(0, T - 1, S, dtype=torch.float64).round().long()
+    elif skip_type == 'quad':
+        seq = (torch.linspace(0, math.sqrt(T * 0.8), S, dtype=torch.float64) ** 2).floor().long()
+        for k in range(1, S):
+            seq[k] = max(seq[k], seq[k - 1] + 1)
+    else:
+        raise UserError(f"unknown skip_type {skip_type!r}; choose one of {', '.join(SKIP_TYPES)}")
+    if len(torch.unique(seq)) != S or seq[-1] >= T:
+        raise UserError(f"skip_type {skip_type!r} cannot place {S} distinct steps in T={T}; "
+                        f"use fewer skip_steps or skip_type uniform")
+    return seq
+
+
+def respace_betas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Betas of the shorter chain that visits `timesteps`: β'_i = 1 - ᾱ_{t_i} / ᾱ_{t_{i-1}} (ᾱ_{t_{-1}} = 1).
+
+    The respaced chain has exactly the marginals ᾱ_{t_i} of the original one, so fixed-large (β') and
+    fixed-small (the posterior variance of the respaced chain) stay consistent (Nichol & Dhariwal, sec. 4).
+    """
+    abar = alphas_cumprod[timesteps]
+    abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+    return 1 - abar / abar_prev

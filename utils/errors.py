@@ -1,0 +1,19 @@
+"""User-facing errors: bad input is reported as one line, never as a traceback."""
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, data, checkpoint, arguments).
+
+    The message must say what is wrong and how to fix it. Entry points catch it through
+    :func:`run_main`, print ``error: <message>`` on one line to stderr and exit with status 2.
+    """
+
+
+def run_main(main, *args, **kwargs):
+    """Call ``main``; turn a :class:`UserError` into one line on stderr and exit status 2."""
+    try:
+        return main(*args, **kwargs)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
