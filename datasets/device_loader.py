@@ -1,0 +1,47 @@
+"""An infinite batch iterator over a uint8 image tensor that lives on the device (e.g. the GPU)."""
+import torch
+
+from datasets.transforms import to_unit_range
+
+
+class DeviceLoader:
+    """Endless random batches drawn on ``device``: no host sync, no per-sample Python loop.
+
+    images_uint8: uint8 N x C x H x W (moved to ``device`` once).
+    Each ``next()`` draws ``batch_size`` indices uniformly with replacement from its own
+    ``torch.Generator`` seeded with ``seed`` (give each process its own seed), gathers them,
+    mirrors each sample horizontally with probability 1/2 if ``random_flip``, and returns
+    float32 batch_size x C x H x W in [-1, 1]. ``state_dict()`` / ``load_state_dict()`` hold
+    the generator state, so a resumed run draws exactly the batches it would have drawn.
+    """
+
+    def __init__(self, images_uint8: torch.Tensor, batch_size: int, random_flip: bool,
+                 seed: int, device):
+        if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
+            raise ValueError(f"expected uint8 N x C x H x W, got {images_uint8.dtype} "
+                             f"{tuple(images_uint8.shape)}")
+        self.device = torch.device(device)
+        self.images = images_uint8.to(self.device).contiguous()
+        self.batch_size, self.random_flip = int(batch_size), bool(random_flip)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        n, b, g = self.images.shape[0], self.batch_size, self.generator
+        idx = torch.randint(n, (b,), generator=g, device=self.device)
+        x = self.images.index_select(0, idx)
+        if self.random_flip:
+            flip = torch.rand(b, generator=g, device=self.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return to_unit_range(x)
+
+    def state_dict(self) -> dict:
+        """{'generator': the generator's state (uint8 CPU tensor)}."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the generator state saved by :meth:`state_dict`."""
+        self.generator.set_state(state["generator"].cpu())

@@ -1,0 +1,240 @@
+"""Train a DDPM.
+
+    accelerate-launch train_ddpm.py -c configs/ddpm_cifar10.yaml [-e EXP_DIR] [--key.sub value ...]
+
+Reads top to bottom: config -> accelerator -> data -> model/EMA/optimizer -> resume -> loop
+(loss, backward, clip, step, EMA; logging, sample grids and checkpoints at their intervals).
+"""
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torchvision.utils import save_image
+
+import datasets
+from diffusions import DDPM
+from models import EMA, build_model
+from utils import checkpoint as ckpt
+from utils.config import parse_args, save_config
+from utils.errors import UserError, run_main
+from utils.logger import Logger
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('-c', '--config', required=True, help='YAML config; any key can be overridden as --key.sub value')
+    p.add_argument('-e', '--exp-dir', default=None, help='run folder (default runs/exp-YYYY-mm-dd-HH-MM-SS)')
+    return p
+
+
+def unwrap(model):
+    """The plain nn.Module under DDP and torch.compile wrappers."""
+    model = getattr(model, 'module', model)
+    return getattr(model, '_orig_mod', model)
+
+
+def main():
+    args, cfg = parse_args(get_parser())
+    tc = cfg['train']
+
+    # ---------------------------------------------------------------- accelerator, run folder
+    accelerator = Accelerator(mixed_precision=tc['mixed_precision'])
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if tc['batch_size'] % world:
+        raise UserError(f"train.batch_size {tc['batch_size']} does not divide over {world} processes; "
+                        f"use a multiple of {world}")
+    batch = tc['batch_size'] // world                      # per process
+    micro = tc['micro_batch'] or batch
+    if batch % micro:
+        raise UserError(f"train.micro_batch {micro} does not divide the per-process batch {batch}")
+    resume_dir = None
+    exp_dir = args.exp_dir
+    if tc['resume'] is not None:
+        if exp_dir is None and tc['resume'] != 'latest':  # EXP_DIR/ckpt/stepN -> EXP_DIR
+            exp_dir = os.path.dirname(os.path.dirname(os.path.abspath(tc['resume'])))
+        resume_dir = ckpt.resolve(tc['resume'], exp_dir)
+    if exp_dir is None:
+        exp_dir = os.path.join('runs', time.strftime('exp-%Y-%m-%d-%H-%M-%S'))
+        exp_dir = accelerator.gather_for_metrics([exp_dir])[0] if world > 1 else exp_dir  # one name for all
+    ckpt_root = os.path.join(exp_dir, 'ckpt')
+    if accelerator.is_main_process:
+        for sub in ('ckpt', 'samples', 'tensorboard'):
+            os.makedirs(os.path.join(exp_dir, sub), exist_ok=True)
+        save_config(cfg, os.path.join(exp_dir, 'config.yaml'))
+    log = Logger(exp_dir, enabled=accelerator.is_main_process)
+    log.info(f'exp dir: {exp_dir}; {world} process(es) on {device}, mixed precision: {accelerator.mixed_precision}')
+    set_seed(cfg['seed'] + rank)
+
+    # ---------------------------------------------------------------- data
+    dc = cfg['data']
+    if dc['on_gpu']:
+        images = datasets.load_uint8(dc, 'train')
+        loader = datasets.DeviceLoader(images, batch, dc['random_flip'], seed=cfg['seed'] + rank, device=device)
+        n_images = len(images)
+    else:
+        dataset = datasets.build_dataset(dict(dc, random_flip=False), 'train')   # flips happen on the device
+        loader = datasets.HostLoader(dataset, batch, cfg['seed'], rank, world, device, dc['random_flip'],
+                                     num_workers=dc['num_workers'])
+        n_images = len(dataset)
+    log.info(f"data: {dc['name']} ({n_images} images), {'on the device' if dc['on_gpu'] else 'DataLoader'}; "
+             f"batch {tc['batch_size']} = {world} x {batch}" + (f' in micro-batches of {micro}' if micro < batch else ''))
+
+    # ---------------------------------------------------------------- model, EMA, optimizer, diffusion
+    diffusion = DDPM.from_config(cfg['diffusion'])
+    model = build_model(cfg['model']).to(device)
+    log.info(f'model: {sum(p.numel() for p in model.parameters()):,} parameters')
+    memory_format = torch.channels_last if tc['channels_last'] else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    ema = EMA(model, tc['ema_decay'], tc['ema_warmup'])
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc['lr'], betas=tuple(tc['adam_betas']),
+                                 weight_decay=tc['weight_decay'], fused=device.type == 'cuda')
+    warmup = max(tc['warmup_steps'], 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    if tc['compile']:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # ---------------------------------------------------------------- resume
+    step = 0
+    if resume_dir is not None:
+        step = load_checkpoint(resume_dir, unwrap(model), ema, optimizer, scheduler, accelerator, loader, rank)
+        log.info(f'resumed from {resume_dir} at step {step}')
+
+    # ---------------------------------------------------------------- fixed noise for sample grids
+    n_grid = tc['n_samples']
+    shape = (dc['img_channels'], dc['img_size'], dc['img_size'])
+    grid_noise = torch.randn((n_grid, *shape), generator=torch.Generator().manual_seed(cfg['seed']))
+
+    def save_checkpoint():
+        tmp = ckpt.tmp_dir_for(ckpt_root, step)
+        if accelerator.is_main_process:
+            os.makedirs(tmp, exist_ok=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt.save_file(unwrap(model).state_dict(), os.path.join(tmp, 'model.pt'))
+            ckpt.save_file(ema.state_dict(), os.path.join(tmp, 'ema.pt'))
+            ckpt.save_file(optimizer.state_dict(), os.path.join(tmp, 'optimizer.pt'))
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+            ckpt.save_file({'step': step, 'lr_scheduler': scheduler.state_dict(), 'scaler': scaler},
+                           os.path.join(tmp, 'meta.pt'))
+        ckpt.save_file(rng_state(loader), os.path.join(tmp, f'rng_{rank}.pt'))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt.publish(ckpt_root, step, tc['keep_ckpts'])
+            log.info(f'saved checkpoint {os.path.join(ckpt_root, ckpt.step_dir_name(step))}')
+        accelerator.wait_for_everyone()
+
+    def check_finite(loss_sum):
+        if not torch.isfinite(loss_sum).item():
+            raise UserError(f'the loss became non-finite before step {step}; stopped without saving. The last good '
+                            f'checkpoint in {ckpt_root} is untouched: lower train.lr or try train.mixed_precision no')
+
+    # ---------------------------------------------------------------- Ctrl-C / SIGTERM: save, then exit
+    stop = {'signal': None}
+
+    def on_signal(signum, frame):
+        stop['signal'] = signum
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_signal)
+
+    # ---------------------------------------------------------------- train
+    model.train()
+    loss_sum = torch.zeros((), device=device)      # summed on the device, read at print_freq only
+    grad_norm = torch.zeros((), device=device)
+    n_micro = batch // micro
+    t_last, step_last = time.time(), step
+    pbar = log.progress(total=tc['n_steps'], initial=step)
+    while step < tc['n_steps']:
+        x = next(loader).contiguous(memory_format=memory_format)
+        for k in range(n_micro):
+            sync = accelerator.no_sync(model) if k < n_micro - 1 else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                loss = diffusion.training_loss(model, x[k * micro:(k + 1) * micro]) / n_micro
+            accelerator.backward(loss)
+            loss_sum += loss.detach()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc['grad_clip'])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model)
+        step += 1
+        pbar.update(1)
+
+        if step % tc['print_freq'] == 0 or step == tc['n_steps']:
+            loss_mean = accelerator.reduce(loss_sum, 'mean') / (step - step_last)
+            check_finite(loss_mean)
+            dt = time.time() - t_last
+            stats = {'loss': loss_mean.item(), 'grad_norm': float(grad_norm), 'lr': scheduler.get_last_lr()[0],
+                     'steps_per_s': (step - step_last) / dt, 'images_per_s': (step - step_last) * tc['batch_size'] / dt}
+            log.scalars(stats, step)
+            loss_sum.zero_()
+            t_last, step_last = time.time(), step
+        if step % tc['sample_freq'] == 0 or step == tc['n_steps']:
+            sample_grid(accelerator, ema.model, diffusion, grid_noise, os.path.join(exp_dir, 'samples', f'step{step:07d}.png'))
+        if step % tc['save_freq'] == 0 or step == tc['n_steps'] or stop['signal'] is not None:
+            if step_last != step:
+                check_finite(accelerator.reduce(loss_sum, 'sum'))
+            save_checkpoint()
+        if stop['signal'] is not None:
+            log.info(f'stopped by signal {stop["signal"]} at step {step}; resume with '
+                     f'--train.resume latest -e {exp_dir}')
+            break
+    pbar.close()
+    log.close()
+    accelerator.end_training()
+    if stop['signal'] is not None:
+        sys.exit(128 + stop['signal'])
+
+
+def rng_state(loader) -> dict:
+    """Every random state of this process: CPU and CUDA global generators and the data iterator."""
+    return {'cpu': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            'loader': loader.state_dict()}
+
+
+def load_checkpoint(folder, model, ema, optimizer, scheduler, accelerator, loader, rank) -> int:
+    """Restore everything saved by save_checkpoint; returns the step to continue from."""
+    ckpt.load_state_dict_checked(model, ckpt.load_file(os.path.join(folder, 'model.pt')), f'checkpoint {folder}')
+    ema.load_state_dict(ckpt.load_file(os.path.join(folder, 'ema.pt')))
+    optimizer.load_state_dict(ckpt.load_file(os.path.join(folder, 'optimizer.pt')))
+    meta = ckpt.load_file(os.path.join(folder, 'meta.pt'))
+    scheduler.load_state_dict(meta['lr_scheduler'])
+    if accelerator.scaler is not None and meta['scaler'] is not None:
+        accelerator.scaler.load_state_dict(meta['scaler'])
+    rng_file = os.path.join(folder, f'rng_{rank}.pt')
+    if os.path.isfile(rng_file):       # absent when resuming on more processes than saved: data order changes
+        rng = ckpt.load_file(rng_file)
+        torch.set_rng_state(rng['cpu'])
+        if rng['cuda'] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng['cuda'])
+        loader.load_state_dict(rng['loader'])
+    return int(meta['step'])
+
+
+@torch.no_grad()
+def sample_grid(accelerator, ema_model, diffusion, noise, path):
+    """Sample the fixed grid noise with the EMA model: each process takes a slice, the main one saves.
+
+    All processes do the same amount of work (equal slices, padded), so no rank waits long on the gather.
+    """
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    per = math.ceil(len(noise) / world)
+    padded = torch.cat([noise, noise[:per * world - len(noise)]]) if per * world > len(noise) else noise
+    mine = padded[rank * per:(rank + 1) * per].to(device)
+    with accelerator.autocast():
+        x = diffusion.sample(ema_model, mine).float()
+    x = accelerator.gather(x.contiguous())[:len(noise)]
+    if accelerator.is_main_process:
+        save_image((x.cpu() + 1) / 2, path, nrow=int(math.sqrt(len(noise))) or 1)
+
+
+if __name__ == '__main__':
+    run_main(main)
