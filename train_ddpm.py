@@ -45,7 +45,8 @@ def main():
     tc = cfg['train']
 
     # ---------------------------------------------------------------- accelerator, run folder
-    accelerator = Accelerator(mixed_precision=tc['mixed_precision'])
+    # cpu=True on a machine without CUDA lets `accelerate launch --multi_gpu --num_processes N` run N gloo processes
+    accelerator = Accelerator(mixed_precision=tc['mixed_precision'], cpu=not torch.cuda.is_available())
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if tc['batch_size'] % world:
         raise UserError(f"train.batch_size {tc['batch_size']} does not divide over {world} processes; "
@@ -153,10 +154,13 @@ def main():
     pbar = log.progress(total=tc['n_steps'], initial=step)
     while step < tc['n_steps']:
         x = next(loader).contiguous(memory_format=memory_format)
+        t = torch.randint(0, diffusion.num_steps, (batch,), device=device)   # drawn for the whole batch, so
+        noise = torch.randn_like(x)                                          # micro-batching changes nothing
         for k in range(n_micro):
             sync = accelerator.no_sync(model) if k < n_micro - 1 else contextlib.nullcontext()
+            part = slice(k * micro, (k + 1) * micro)
             with sync, accelerator.autocast():
-                loss = diffusion.training_loss(model, x[k * micro:(k + 1) * micro]) / n_micro
+                loss = diffusion.training_loss(model, x[part], t[part], noise[part]) / n_micro
             accelerator.backward(loss)
             loss_sum += loss.detach()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc['grad_clip'])
@@ -224,13 +228,14 @@ def sample_grid(accelerator, ema_model, diffusion, noise, path):
     """Sample the fixed grid noise with the EMA model: each process takes a slice, the main one saves.
 
     All processes do the same amount of work (equal slices, padded), so no rank waits long on the gather.
+    The chain's noise comes from its own generator, so a grid never touches the training RNG state.
     """
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     per = math.ceil(len(noise) / world)
     padded = torch.cat([noise, noise[:per * world - len(noise)]]) if per * world > len(noise) else noise
     mine = padded[rank * per:(rank + 1) * per].to(device)
     with accelerator.autocast():
-        x = diffusion.sample(ema_model, mine).float()
+        x = diffusion.sample(ema_model, mine, torch.Generator(device).manual_seed(rank)).float()
     x = accelerator.gather(x.contiguous())[:len(noise)]
     if accelerator.is_main_process:
         save_image((x.cpu() + 1) / 2, path, nrow=int(math.sqrt(len(noise))) or 1)

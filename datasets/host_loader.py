@@ -37,9 +37,10 @@ class HostLoader:
             yield perm[start:start + self.batch_size].tolist()
 
     def _start_epoch(self):
-        self._it = iter(DataLoader(self.dataset, batch_sampler=list(self._index_batches()),
-                                   num_workers=self.num_workers, pin_memory=self.device.type == 'cuda',
-                                   persistent_workers=False))
+        # its own generator: creating an iterator must not draw from the global RNG (exact resume)
+        gen = torch.Generator().manual_seed(self.seed + 7919 * self.epoch + self.rank)
+        self._it = iter(DataLoader(self.dataset, batch_sampler=list(self._index_batches()), generator=gen,
+                                   num_workers=self.num_workers, pin_memory=self.device.type == 'cuda'))
 
     def __iter__(self):
         return self

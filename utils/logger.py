@@ -37,7 +37,9 @@ class Logger:
         self.info(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in stats.items()))
 
     def progress(self, total: int, initial: int):
-        self.bar = tqdm(total=total, initial=initial, disable=not self.enabled, dynamic_ncols=True, desc='train')
+        # disable=None: a bar on a terminal, none in a pipe or log file (the log has the step lines)
+        self.bar = tqdm(total=total, initial=initial, disable=None if self.enabled else True, dynamic_ncols=True,
+                        desc='train')
         return self.bar
 
     def close(self):

@@ -1,0 +1,217 @@
+"""Tests for models/: the DDPM UNet, build_model's config checks and the EMA."""
+import glob
+import math
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from models import EMA, UNet, build_model
+from models.unet import timestep_embedding
+from utils.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+CIFAR10 = os.path.join(ROOT, "configs", "ddpm_cifar10.yaml")
+
+
+def load_yaml(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def tiny_unet(**kw):
+    """A small UNet with random (non-zero) weights everywhere, so outputs are not trivially zero."""
+    args = dict(in_channels=3, out_channels=3, dim=32, dim_mults=(1, 2), use_attn=(False, True),
+                num_res_blocks=1, groups=8, dropout=0.0)
+    args.update(kw)
+    torch.manual_seed(0)
+    model = UNet(**args)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model
+
+
+# --- UNet ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
+def test_config_builds_and_keeps_shape(path):
+    cfg = load_yaml(path)
+    model = build_model(cfg["model"]).eval()
+    size, ch = cfg["data"]["img_size"], cfg["data"]["img_channels"]
+    print(f"{os.path.basename(path)}: {n_params(model):,} parameters")
+    if os.path.basename(path) == "ddpm_celebahq.yaml":
+        assert round(n_params(model) / 1e6) == 114  # the paper's 114M
+    assert model.conv_in.in_channels == ch and model.conv_out.out_channels == ch
+    # The UNet is fully convolutional: above 64 px (CelebA-HQ's 256) run at 64 px to keep it fast.
+    size = min(size, 64)
+    x = torch.randn(1, ch, size, size)
+    with torch.no_grad():
+        y = model(x, torch.tensor([999]))
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+def test_cifar10_parameter_count():
+    model = build_model(load_yaml(CIFAR10)["model"])
+    assert n_params(model) == 35_746_307  # the paper's 35.7M, as in the reference and google/ddpm-cifar10-32
+
+
+def test_float_and_long_timesteps_agree():
+    model = tiny_unet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        a = model(x, torch.tensor([3, 500]))
+        b = model(x, torch.tensor([3.0, 500.0]))
+    torch.testing.assert_close(a, b)
+
+
+def test_timestep_embedding_matches_formula():
+    dim = 128
+    t = torch.tensor([0, 1, 37, 999])
+    emb = timestep_embedding(t, dim)
+    assert emb.shape == (4, dim) and emb.dtype == torch.float32
+    half = dim // 2
+    expected = torch.zeros(4, dim, dtype=torch.float64)
+    for i, ti in enumerate([0, 1, 37, 999]):
+        for k in range(half):
+            arg = ti * math.exp(-k * math.log(10000) / (half - 1))
+            expected[i, k] = math.sin(arg)
+            expected[i, half + k] = math.cos(arg)
+    torch.testing.assert_close(emb.double(), expected, atol=2e-4, rtol=0)
+
+
+def test_channels_last_matches_contiguous():
+    model = tiny_unet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        ref = model(x, t)
+        model_cl = model.to(memory_format=torch.channels_last)
+        out = model_cl(x.to(memory_format=torch.channels_last), t)
+    assert ref.abs().max() > 1e-3  # not trivially zero
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_eval_is_deterministic_and_train_uses_dropout():
+    model = tiny_unet(dropout=0.5)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(x, t), model(x, t))
+        model.train()
+        assert not torch.equal(model(x, t), model(x, t))
+
+
+def test_reference_init_outputs_zero():
+    # The reference zero-inits conv_out (and every residual branch's last conv).
+    model = UNet(dim=32, dim_mults=(1, 2), use_attn=(False, True), num_res_blocks=1, groups=8)
+    assert torch.count_nonzero(model(torch.randn(1, 3, 8, 8), torch.tensor([5]))) == 0
+
+
+def test_compile_matches_eager():
+    # Dynamo must trace the whole forward without graph breaks (fullgraph=True). The aot_eager
+    # backend keeps this under a few seconds; inductor takes ~1 min cold on 2 CPU cores.
+    model = tiny_unet().eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, t), model(x, t), atol=1e-5, rtol=1e-4)
+
+
+# --- build_model's config checks ----------------------------------------------------------
+
+def cifar_params(**changes):
+    params = dict(load_yaml(CIFAR10)["model"]["params"], **changes)
+    return {"params": {k: v for k, v in params.items() if v is not None}}
+
+
+@pytest.mark.parametrize("cfg, words", [
+    (cifar_params(channels=64), ["unknown", "model.params.channels", "dim_mults"]),
+    (cifar_params(dropout=None), ["missing", "model.params.dropout", "in_channels"]),
+    (cifar_params(use_attn=[False, True]), ["use_attn", "2", "4"]),
+    (cifar_params(groups=48), ["groups=48", "128"]),
+    (cifar_params(dim_mults=[1, 2.5, 2, 2]), ["dim_mults"]),
+    ({"type": "unet"}, ["model.params"]),
+])
+def test_bad_params_raise_one_line_user_error(cfg, words):
+    with pytest.raises(UserError) as e:
+        build_model(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+# --- EMA ----------------------------------------------------------------------------------
+
+def toy():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+
+
+def train_step(model):
+    """Change the live weights and BatchNorm's buffers like a training step would."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model.train()
+    model(torch.randn(8, 2) * 3 + 1)  # updates running_mean/var and num_batches_tracked
+
+
+@pytest.mark.parametrize("decay", [0.9999, 0.15])
+def test_ema_warmup_by_hand(decay):
+    live = toy()
+    ema = EMA(live, decay=decay)
+    assert ema.num_updates == 0 and not ema.model.training
+    assert all(not p.requires_grad for p in ema.model.parameters())
+    w = live[0].weight.detach().double().clone()
+    rm = live[1].running_mean.double().clone()
+    for n in range(3):
+        d = min(decay, (1 + n) / (10 + n))  # 1/10, 2/11, 3/12, capped by decay
+        assert ema.current_decay() == pytest.approx(d)
+        train_step(live)
+        w = w + (1 - d) * (live[0].weight.detach().double() - w)
+        rm = rm + (1 - d) * (live[1].running_mean.double() - rm)
+        ema.update(live)
+    assert ema.num_updates == 3
+    torch.testing.assert_close(ema.model[0].weight.double(), w)
+    torch.testing.assert_close(ema.model[1].running_mean.double(), rm)
+    assert ema.model[1].num_batches_tracked.item() == live[1].num_batches_tracked.item() == 3
+
+
+def test_ema_fixed_decay_and_wrapped_model():
+    live = toy()
+    ema = EMA(live, decay=0.9, warmup=False)
+    w0 = live[0].weight.detach().clone()
+    train_step(live)
+    ema.update(torch.compile(live))  # a compiled wrapper is unwrapped (nothing gets compiled)
+    torch.testing.assert_close(ema.model[0].weight, 0.9 * w0 + 0.1 * live[0].weight.detach())
+    assert ema.current_decay() == 0.9
+
+
+def test_ema_state_dict_round_trip():
+    live = toy()
+    ema = EMA(live, decay=0.99)
+    for _ in range(2):
+        train_step(live)
+        ema.update(live)
+    sd = ema.state_dict()
+    assert sd["num_updates"] == 2 and sd["decay"] == 0.99
+    other = EMA(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)), decay=0.5)
+    other.load_state_dict(sd)
+    assert other.num_updates == 2 and other.decay == 0.99
+    for k, v in ema.model.state_dict().items():
+        assert torch.equal(other.model.state_dict()[k], v)
+    train_step(live)  # both keep averaging the same way after the load
+    ema.update(live)
+    other.update(live)
+    for k, v in ema.model.state_dict().items():
+        assert torch.equal(other.model.state_dict()[k], v)

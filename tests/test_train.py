@@ -1,0 +1,190 @@
+"""train_ddpm.py through its real command line: end to end, exact resume, 2 processes, errors."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+
+
+@pytest.fixture(scope='module')
+def image_dir(tmp_path_factory):
+    """48 small grayscale PNGs (random blobs) as an image_folder dataset."""
+    d = tmp_path_factory.mktemp('images')
+    rng = np.random.default_rng(0)
+    for k in range(48):
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(d / f'{k:03d}.png')
+    return str(d)
+
+
+def tiny(image_dir, **over):
+    """Overrides turning the quick-start config into a seconds-long run on `image_dir`."""
+    args = {'data.name': 'image_folder', 'data.root': image_dir, 'data.img_size': 8, 'data.random_flip': 'true',
+            'data.num_workers': 0, 'model.params.dim': 16, 'diffusion.total_steps': 10, 'train.batch_size': 8,
+            'train.n_samples': 4, 'train.print_freq': 2, 'train.sample_freq': 100, 'train.save_freq': 2,
+            'train.warmup_steps': 2, 'train.keep_ckpts': 10}
+    args.update(over)
+    return [x for k, v in args.items() for x in (f'--{k}', str(v))]
+
+
+def train(args, launcher=(sys.executable,), check=True, **kw):
+    p = subprocess.run([*launcher, os.path.join(ROOT, 'train_ddpm.py'), '-c', os.path.join(ROOT, 'configs/ddpm_tiny.yaml'), *args],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f'exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}')
+    return p
+
+
+def load(folder, name):
+    return torch.load(os.path.join(folder, name), map_location='cpu', weights_only=True)
+
+
+def assert_same_tree(a, b, path=''):
+    """Bit-identical nested state (dicts, lists, tensors, numbers)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_tree(a[k], b[k], f'{path}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f'{path}[{k}]')
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f'{path} differs'
+    else:
+        assert a == b, path
+
+
+def test_quickstart_config_end_to_end(tmp_path):
+    """The README's quick-start config on the real Fashion-MNIST files: checkpoint, sample grid, TensorBoard."""
+    exp = tmp_path / 'run'
+    p = train(['-e', str(exp), '--train.n_steps', '20', '--train.save_freq', '20', '--train.sample_freq', '20',
+               '--train.print_freq', '10'])
+    assert 'step 20: loss' in p.stdout
+    assert (exp / 'config.yaml').is_file() and (exp / 'output.log').is_file()
+    assert open(exp / 'ckpt' / 'latest').read().strip() == 'step0000020'
+    assert {f for f in os.listdir(exp / 'ckpt' / 'step0000020')} == {'model.pt', 'ema.pt', 'optimizer.pt', 'meta.pt', 'rng_0.pt'}
+    grid = Image.open(exp / 'samples' / 'step0000020.png')
+    assert grid.size[0] > 16 * 8                      # 64 images of 16x16 in an 8x8 grid with padding
+    events = [f for f in os.listdir(exp / 'tensorboard') if f.startswith('events.out.tfevents')]
+    assert events and os.path.getsize(exp / 'tensorboard' / events[0]) > 100
+    assert load(exp / 'ckpt' / 'step0000020', 'ema.pt')['num_updates'] == 20
+
+
+@pytest.mark.parametrize('on_gpu', ['true', 'false'])
+def test_resume_is_bit_identical(tmp_path, image_dir, on_gpu):
+    """4 straight steps == 2 steps, stop, resume for 2 more: weights, EMA, optimizer, RNG all identical."""
+    over = tiny(image_dir, **{'data.on_gpu': on_gpu, 'model.params.dropout': 0.1})
+    train(['-e', str(tmp_path / 'straight'), '--train.n_steps', '4', *over])
+    train(['-e', str(tmp_path / 'split'), '--train.n_steps', '2', *over])
+    train(['-e', str(tmp_path / 'split'), '--train.n_steps', '4', '--train.resume', 'latest', *over])
+    a, b = tmp_path / 'straight' / 'ckpt' / 'step0000004', tmp_path / 'split' / 'ckpt' / 'step0000004'
+    for name in ('model.pt', 'ema.pt', 'optimizer.pt', 'meta.pt', 'rng_0.pt'):
+        assert_same_tree(load(a, name), load(b, name), name)
+    # and training did move the weights
+    first = load(tmp_path / 'straight' / 'ckpt' / 'step0000002', 'model.pt')
+    assert any(not torch.equal(first[k], v) for k, v in load(a, 'model.pt').items())
+
+
+def test_two_cpu_processes_train_checkpoint_and_resume(tmp_path, image_dir):
+    launch = ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', '29613')
+    exp = tmp_path / 'ddp'
+    over = tiny(image_dir, **{'data.on_gpu': 'false', 'train.sample_freq': 2})
+    p = train(['-e', str(exp), '--train.n_steps', '2', *over], launcher=launch)
+    assert '2 process(es)' in p.stdout and 'batch 8 = 2 x 4' in p.stdout
+    train(['-e', str(exp), '--train.n_steps', '4', '--train.resume', 'latest', *over], launcher=launch)
+    ck = exp / 'ckpt' / 'step0000004'
+    assert {'rng_0.pt', 'rng_1.pt'} <= set(os.listdir(ck))
+    assert load(ck, 'meta.pt')['step'] == 4 and load(ck, 'ema.pt')['num_updates'] == 4
+    assert (exp / 'samples' / 'step0000004.png').is_file()
+    # the two processes drew different data: their flip generators differ
+    assert not torch.equal(load(ck, 'rng_0.pt')['loader']['flip_gen'], load(ck, 'rng_1.pt')['loader']['flip_gen'])
+
+
+def one_line_error(p):
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), p.stderr[-2000:]
+    return lines[0]
+
+
+def test_unknown_key_and_wrong_type_are_one_line(tmp_path):
+    msg = one_line_error(train(['-e', str(tmp_path / 'x'), '--train.lrr', '1'], check=False))
+    assert "unknown config key 'train.lrr'" in msg and 'train.lr' in msg
+    msg = one_line_error(train(['-e', str(tmp_path / 'x'), '--train.batch_size', 'many'], check=False))
+    assert 'train.batch_size' in msg and 'int' in msg
+    assert not (tmp_path / 'x').exists()
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    msg = one_line_error(train(['-e', str(tmp_path / 'x'), '--data.root', str(tmp_path / 'nowhere')], check=False))
+    assert 'train-images-idx3-ubyte' in msg and str(tmp_path / 'nowhere') in msg and 'dataset-fashion-mnist' in msg
+
+
+def test_micro_batch_must_divide(tmp_path, image_dir):
+    msg = one_line_error(train(['-e', str(tmp_path / 'x'), *tiny(image_dir, **{'train.micro_batch': 3})], check=False))
+    assert 'micro_batch 3' in msg
+
+
+def test_micro_batches_accumulate_to_the_same_step(tmp_path, image_dir):
+    """Gradient accumulation over 2 micro-batches gives the same update as one batch (dropout off)."""
+    over = tiny(image_dir, **{'model.params.dropout': 0.0, 'train.save_freq': 1})
+    train(['-e', str(tmp_path / 'full'), '--train.n_steps', '1', *over])
+    train(['-e', str(tmp_path / 'micro'), '--train.n_steps', '1', '--train.micro_batch', '4', *over])
+    a = load(tmp_path / 'full' / 'ckpt' / 'step0000001', 'model.pt')
+    b = load(tmp_path / 'micro' / 'ckpt' / 'step0000001', 'model.pt')
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, image_dir):
+    exp = tmp_path / 'nan'
+    over = tiny(image_dir, **{'train.lr': 1e30, 'train.warmup_steps': 1, 'train.save_freq': 1,
+                              'train.print_freq': 1, 'train.grad_clip': 1e30})
+    p = train(['-e', str(exp), '--train.n_steps', '6', *over], check=False)
+    msg = one_line_error(p)
+    assert 'non-finite' in msg and 'last good checkpoint' in msg
+    steps = sorted(d for d in os.listdir(exp / 'ckpt') if d.startswith('step'))
+    assert steps and open(exp / 'ckpt' / 'latest').read().strip() == steps[-1]
+    assert int(steps[-1][4:]) < 6
+    assert not [d for d in os.listdir(exp / 'ckpt') if d.startswith('.tmp')]
+
+
+def test_corrupt_checkpoint_resume_is_one_line(tmp_path, image_dir):
+    exp = tmp_path / 'c'
+    train(['-e', str(exp), '--train.n_steps', '2', *tiny(image_dir)])
+    with open(exp / 'ckpt' / 'step0000002' / 'model.pt', 'r+b') as f:
+        f.truncate(100)
+    msg = one_line_error(train(['-e', str(exp), '--train.n_steps', '4', '--train.resume', 'latest', *tiny(image_dir)],
+                               check=False))
+    assert 'model.pt' in msg and 'corrupt' in msg
+    msg = one_line_error(train(['-e', str(tmp_path / 'none'), '--train.resume', 'latest', *tiny(image_dir)], check=False))
+    assert 'no checkpoint found' in msg
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, image_dir):
+    exp = tmp_path / 'term'
+    over = tiny(image_dir, **{'train.save_freq': 100000, 'train.print_freq': 100000})
+    cmd = [sys.executable, os.path.join(ROOT, 'train_ddpm.py'), '-c', os.path.join(ROOT, 'configs/ddpm_tiny.yaml'),
+           '-e', str(exp), '--train.n_steps', '100000', *over]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (exp / 'output.log').exists() or 'model:' not in open(exp / 'output.log').read():
+        time.sleep(0.2)
+    time.sleep(2.0)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert 'stopped by signal' in out
+    latest = open(exp / 'ckpt' / 'latest').read().strip()
+    step = load(exp / 'ckpt' / latest, 'meta.pt')['step']
+    assert step > 0 and latest == f'step{step:07d}'
+    train(['-e', str(exp), '--train.n_steps', str(step + 2), '--train.resume', 'latest', *over])
+    assert load(exp / 'ckpt' / f'step{step + 2:07d}', 'meta.pt')['step'] == step + 2
