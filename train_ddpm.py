@@ -46,7 +46,8 @@ def main():
 
     # ---------------------------------------------------------------- accelerator, run folder
     # cpu=True on a machine without CUDA lets `accelerate launch --multi_gpu --num_processes N` run N gloo processes
-    accelerator = Accelerator(mixed_precision=tc['mixed_precision'], cpu=not torch.cuda.is_available())
+    mixed_precision = {False: 'no'}.get(tc['mixed_precision'], tc['mixed_precision'])  # YAML reads `no` as false
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if tc['batch_size'] % world:
         raise UserError(f"train.batch_size {tc['batch_size']} does not divide over {world} processes; "
@@ -177,10 +178,12 @@ def main():
             dt = time.time() - t_last
             stats = {'loss': loss_mean.item(), 'grad_norm': float(grad_norm), 'lr': scheduler.get_last_lr()[0],
                      'steps_per_s': (step - step_last) / dt, 'images_per_s': (step - step_last) * tc['batch_size'] / dt}
+            if device.type == 'cuda':
+                stats['max_mem_gib'] = torch.cuda.max_memory_allocated(device) / 2 ** 30
             log.scalars(stats, step)
             loss_sum.zero_()
             t_last, step_last = time.time(), step
-        if step % tc['sample_freq'] == 0 or step == tc['n_steps']:
+        if n_grid > 0 and (step % tc['sample_freq'] == 0 or step == tc['n_steps']):
             sample_grid(accelerator, ema.model, diffusion, grid_noise, os.path.join(exp_dir, 'samples', f'step{step:07d}.png'))
         if step % tc['save_freq'] == 0 or step == tc['n_steps'] or stop['signal'] is not None:
             if step_last != step:

@@ -1,0 +1,234 @@
+"""GPU benchmark: training and sampling speed of this repo, plain vs fast mode, in one run.
+
+    python bench/bench.py --out bench/results.json [--train-steps 600] [--loss-steps 2000]
+
+Training is timed through the real `train_ddpm.py` command (a subprocess per workload): its log reports
+steps/s over each `print_freq` window, timed on the host after the window's one device sync; the first
+two windows (compile, warm-up) are dropped and the median of the rest is reported. Data: synthetic images
+written in the real on-disk formats (CIFAR-10 python pickles, MNIST IDX), read by the real dataset code,
+either kept on the GPU (`data.on_gpu true`) or fed by DataLoader workers.
+
+Sampling is timed in-process on a slice of the chain (`--sample-steps` reverse steps after warm-up, with
+CUDA-event timing) and extrapolated to the 1000-step chain and to a 100-step skip chain (same cost per step).
+
+plain = eager fp32, NCHW, DataLoader workers (the repo's own baseline).
+fast  = the recommended setting: data on the GPU, bf16 autocast, torch.compile, channels_last.
+"""
+import argparse
+import gzip
+import json
+import os
+import pickle
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from diffusions import DDPM  # noqa: E402
+from models import build_model  # noqa: E402
+from utils.config import load_config  # noqa: E402
+
+MODES = {
+    'plain': {'data.on_gpu': 'false', 'train.mixed_precision': 'no', 'train.compile': 'false',
+              'train.channels_last': 'false'},
+    'fast': {'data.on_gpu': 'true', 'train.mixed_precision': 'bf16', 'train.compile': 'true',
+             'train.channels_last': 'true'},
+}
+
+
+def write_fake_cifar(root, n=50000):
+    d = os.path.join(root, 'cifar-10-batches-py')
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(0)
+    per = n // 5
+    for k in range(1, 6):
+        with open(os.path.join(d, f'data_batch_{k}'), 'wb') as f:
+            pickle.dump({b'data': rng.integers(0, 256, (per, 3072), dtype=np.uint8), b'labels': [0] * per}, f)
+    with open(os.path.join(d, 'test_batch'), 'wb') as f:
+        pickle.dump({b'data': rng.integers(0, 256, (1000, 3072), dtype=np.uint8), b'labels': [0] * 1000}, f)
+
+
+def write_fake_idx(root, n=60000):
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, m in (('train-images-idx3-ubyte.gz', n), ('t10k-images-idx3-ubyte.gz', 1000)):
+        header = np.array([2051, m, 28, 28], dtype='>i4').tobytes()
+        with gzip.open(os.path.join(root, name), 'wb', compresslevel=1) as f:
+            f.write(header + rng.integers(0, 256, (m, 28, 28), dtype=np.uint8).tobytes())
+
+
+def run_training(config, data_root, mode, steps, print_freq, exp_dir, extra=()):
+    """Run train_ddpm.py; return per-window stats parsed from its log."""
+    over = dict(MODES[mode], **{'data.root': data_root, 'train.n_steps': steps, 'train.print_freq': print_freq,
+                                'train.save_freq': 10 ** 9, 'train.n_samples': 0, 'data.num_workers': 8})
+    args = [x for k, v in over.items() for x in (f'--{k}', str(v))]
+    cmd = [sys.executable, os.path.join(ROOT, 'train_ddpm.py'), '-c', config, '-e', exp_dir, *args, *extra]
+    t0 = time.time()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f'{" ".join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}')
+    windows = []
+    for line in open(os.path.join(exp_dir, 'output.log')):
+        m = re.search(r'step (\d+): (.*)', line)
+        if m:
+            windows.append({'step': int(m.group(1)), **{k: float(v) for k, v in re.findall(r'(\w+) ([-\d.e+na]+)', m.group(2))}})
+    return windows, time.time() - t0
+
+
+def summarize_training(windows):
+    timed = windows[2:] if len(windows) > 3 else windows[1:]
+    return {'steps_per_s': statistics.median(w['steps_per_s'] for w in timed),
+            'images_per_s': statistics.median(w['images_per_s'] for w in timed),
+            'max_mem_gib': max(w.get('max_mem_gib', 0.0) for w in windows),
+            'windows': len(timed)}
+
+
+@torch.no_grad()
+def time_sampling(cfg, mode, batch, steps, device):
+    """Seconds per reverse step of the full-T chain at `batch` images (median over 3 repeats)."""
+    model = build_model(cfg['model']).to(device).eval()
+    diffusion = DDPM.from_config(cfg['diffusion'])
+    shape = (batch, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
+    fast = mode == 'fast'
+    fmt = torch.channels_last if fast else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    net = torch.compile(model, mode='max-autotune-no-cudagraphs') if fast else model
+    x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
+    g = torch.Generator(device).manual_seed(0)
+    ctx = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if fast else torch.no_grad
+
+    def run(n, x):
+        for i in range(diffusion.num_steps - 1, diffusion.num_steps - 1 - n, -1):
+            with ctx():
+                x, _ = diffusion.p_sample(net, x, i, g)
+        return x
+    run(3, x)                                  # compile / warm-up
+    times = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(steps, x)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000 / steps)
+    return statistics.median(times)
+
+
+def model_gflops_per_image(cfg, device):
+    """Forward FLOPs of the UNet for one image (torch.utils.flop_counter; multiply-add = 2 FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = build_model(cfg['model']).to(device)
+    x = torch.randn(1, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'], device=device)
+    with FlopCounterMode(display=False) as fc:
+        model(x, torch.zeros(1, dtype=torch.long, device=device))
+    return fc.get_total_flops() / 1e9
+
+
+def matmul_tflops(device, n=8192):
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n ** 3 * 20 / (start.elapsed_time(end) / 1000) / 1e12
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', default='bench/results.json')
+    p.add_argument('--train-steps', type=int, default=600)
+    p.add_argument('--print-freq', type=int, default=50)
+    p.add_argument('--sample-batch', type=int, default=500)
+    p.add_argument('--sample-steps', type=int, default=20)
+    p.add_argument('--only', default='', help='comma list of parts: matmul,train,real,sample')
+    p.add_argument('--modes', default='plain,fast')
+    args = p.parse_args()
+    assert torch.cuda.is_available(), 'the benchmark needs a CUDA GPU'
+    device = torch.device('cuda')
+    parts = set(args.only.split(',')) if args.only else {'matmul', 'train', 'real', 'sample'}
+    modes = args.modes.split(',')
+    res = {'card': torch.cuda.get_device_name(0), 'torch': torch.__version__, 'argv': sys.argv[1:],
+           'train': {}, 'sample': {}}
+    tmp = tempfile.mkdtemp(prefix='ddpm-bench-')
+    cifar_root, mnist_root = os.path.join(tmp, 'cifar10'), os.path.join(tmp, 'mnist')
+    write_fake_cifar(cifar_root)
+    write_fake_idx(mnist_root)
+    configs = {'cifar10': (os.path.join(ROOT, 'configs/ddpm_cifar10.yaml'), cifar_root),
+               'mnist': (os.path.join(ROOT, 'configs/ddpm_mnist.yaml'), mnist_root)}
+    peak = matmul_tflops(device) if 'matmul' in parts else None
+    res['bf16_matmul_tflops'] = peak
+    for name, (config, root) in configs.items():
+        gf = model_gflops_per_image(load_config(config), device)
+        res.setdefault('gflops_per_image_forward', {})[name] = gf
+        for mode in modes:
+            if 'train' not in parts:
+                break
+            windows, wall = run_training(config, root, mode, args.train_steps, args.print_freq,
+                                         os.path.join(tmp, f'{name}-{mode}'))
+            r = summarize_training(windows)
+            r['wall_s'] = wall
+            r['data'] = 'gpu' if MODES[mode]['data.on_gpu'] == 'true' else 'dataloader'
+            if peak:
+                r['mfu'] = r['images_per_s'] * 3 * gf / 1e3 / peak
+            res['train'][f'{name}/{mode}'] = r
+            print(name, mode, r, flush=True)
+        if 'real' in parts and name == 'cifar10':   # fast mode fed through DataLoader workers instead
+            over = ['--data.on_gpu', 'false']
+            windows, wall = run_training(config, root, 'fast', args.train_steps, args.print_freq,
+                                         os.path.join(tmp, f'{name}-fast-dataloader'), over)
+            r = dict(summarize_training(windows), wall_s=wall, data='dataloader')
+            res['train'][f'{name}/fast-dataloader'] = r
+            print(name, 'fast-dataloader', r, flush=True)
+    if 'sample' in parts:
+        cfg = load_config(configs['cifar10'][0])
+        gf = res['gflops_per_image_forward']['cifar10']
+        for mode in modes:
+            sec = time_sampling(cfg, mode, args.sample_batch, args.sample_steps, device)
+            r = {'batch': args.sample_batch, 'sec_per_step': sec,
+                 'img_per_s_1000_steps': args.sample_batch / (sec * 1000),
+                 'img_per_s_100_steps': args.sample_batch / (sec * 100),
+                 'timed': f'{args.sample_steps} steps x 3, extrapolated'}
+            if peak:
+                r['mfu'] = args.sample_batch * gf / sec / 1e3 / peak
+            res['sample'][f'cifar10/{mode}'] = r
+            print('sample', mode, r, flush=True)
+    ratios = {}
+    for kind in ('train', 'sample'):
+        for key, r in res[kind].items():
+            base = res[kind].get(key.split('/')[0] + '/plain')
+            if base and key.endswith('/fast'):
+                k = 'steps_per_s' if kind == 'train' else 'img_per_s_1000_steps'
+                ratios[f'{kind}:{key}'] = r[k] / base[k]
+    res['fast_over_plain'] = ratios
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(res, f, indent=1)
+    print_table(res)
+
+
+def print_table(res):
+    print(f"\n{res['card']}, torch {res['torch']}, bf16 matmul {res['bf16_matmul_tflops'] or 0:.0f} TFLOP/s")
+    print(f"{'workload':32s} {'steps/s':>9s} {'img/s':>9s} {'MFU':>6s} {'mem GiB':>8s}")
+    for k, r in res['train'].items():
+        print(f"{'train ' + k:32s} {r['steps_per_s']:9.2f} {r['images_per_s']:9.0f} {r.get('mfu', 0):6.1%} {r['max_mem_gib']:8.2f}")
+    for k, r in res['sample'].items():
+        print(f"{'sample ' + k + ' (1000 st)':32s} {'':>9s} {r['img_per_s_1000_steps']:9.2f} {r.get('mfu', 0):6.1%}")
+        print(f"{'sample ' + k + ' (100 st)':32s} {'':>9s} {r['img_per_s_100_steps']:9.2f}")
+    for k, v in res['fast_over_plain'].items():
+        print(f'fast / plain  {k}: {v:.2f}x')
+
+
+if __name__ == '__main__':
+    main()
