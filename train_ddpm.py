@@ -100,7 +100,7 @@ def main():
     warmup = max(tc['warmup_steps'], 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     if tc['compile']:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=tc['compile_mode'])
     model, optimizer = accelerator.prepare(model, optimizer)
 
     # ---------------------------------------------------------------- resume
@@ -185,6 +185,8 @@ def main():
             t_last, step_last = time.time(), step
         if n_grid > 0 and (step % tc['sample_freq'] == 0 or step == tc['n_steps']):
             sample_grid(accelerator, ema.model, diffusion, grid_noise, os.path.join(exp_dir, 'samples', f'step{step:07d}.png'))
+        if tc['fid_freq'] > 0 and step % tc['fid_freq'] == 0:
+            log.scalars({'fid': training_fid(accelerator, ema.model, cfg)}, step, prefix='eval')
         if step % tc['save_freq'] == 0 or step == tc['n_steps'] or stop['signal'] is not None:
             if step_last != step:
                 check_finite(accelerator.reduce(loss_sum, 'sum'))
@@ -242,6 +244,40 @@ def sample_grid(accelerator, ema_model, diffusion, noise, path):
     x = accelerator.gather(x.contiguous())[:len(noise)]
     if accelerator.is_main_process:
         save_image((x.cpu() + 1) / 2, path, nrow=int(math.sqrt(len(noise))) or 1)
+
+
+@torch.no_grad()
+def training_fid(accelerator, ema_model, cfg) -> float:
+    """FID of `train.fid_n_samples` EMA samples against the training set; every process samples its share.
+
+    Only the main process runs the Inception network (seconds on a GPU); the others wait for it at the next
+    collective, far inside any timeout. Noise comes from generators seeded per (process, batch), so the
+    training RNG is untouched and the number is reproducible for a given world size.
+    """
+    from diffusions import make_sampler
+    from utils.fid import compute_fid, load_stats, reference_from_config
+    tc, dc = cfg['train'], cfg['data']
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    diffusion = DDPM.from_config(cfg['diffusion'], skip_type='uniform', skip_steps=tc['fid_steps'])
+    sampler = make_sampler(tc['fid_sampler'], diffusion)
+    per = math.ceil(tc['fid_n_samples'] / world)
+    shape = (dc['img_channels'], dc['img_size'], dc['img_size'])
+    chunks = []
+    for b, start in enumerate(range(0, per, 500)):
+        gen = torch.Generator(device).manual_seed(cfg['seed'] * 1000 + rank * 100 + b)
+        noise = torch.randn((min(500, per - start), *shape), generator=gen, device=device)
+        with accelerator.autocast():
+            x = sampler.sample(ema_model, noise, gen).float()
+        chunks.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    images = accelerator.gather(torch.cat(chunks))[:tc['fid_n_samples']]
+    fid = float('nan')
+    if accelerator.is_main_process:
+        if tc['fid_ref_stats'] is not None:
+            ref = load_stats(tc['fid_ref_stats'])
+        else:
+            ref = reference_from_config(dc, 'train', weights_path=tc['fid_weights'], device=device)['stats']
+        fid = compute_fid(images, ref, weights_path=tc['fid_weights'], device=device, batch_size=250)
+    return fid
 
 
 if __name__ == '__main__':

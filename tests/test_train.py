@@ -1,4 +1,5 @@
 """train_ddpm.py through its real command line: end to end, exact resume, 2 processes, errors."""
+import math
 import os
 import signal
 import subprocess
@@ -188,3 +189,20 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, image_dir):
     assert step > 0 and latest == f'step{step:07d}'
     train(['-e', str(exp), '--train.n_steps', str(step + 2), '--train.resume', 'latest', *over])
     assert load(exp / 'ckpt' / f'step{step + 2:07d}', 'meta.pt')['step'] == step + 2
+
+
+def test_training_fid_is_logged(tmp_path, image_dir, weights):
+    """train.fid_freq: EMA samples from a fast sampler -> FID against the cached training-set statistics."""
+    exp = tmp_path / 'fid'
+    over = tiny(image_dir, **{'train.fid_freq': 2, 'train.fid_n_samples': 6, 'train.fid_steps': 3,
+                              'train.fid_sampler': 'dpm_solver++', 'train.fid_weights': weights['random']})
+    env_cache = dict(ENV, DDPM_CACHE=str(tmp_path / 'cache'))
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'train_ddpm.py'), '-c', os.path.join(ROOT, 'configs/ddpm_tiny.yaml'),
+                        '-e', str(exp), '--train.n_steps', '2', *over], cwd=ROOT, env=env_cache, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    line = [l for l in p.stdout.splitlines() if 'step 2: fid' in l]
+    assert line, p.stdout[-2000:]
+    fid = float(line[0].split('fid ')[1])
+    assert math.isfinite(fid) and fid > 0
+    assert list((tmp_path / 'cache' / 'fid_stats').glob('*.npz'))        # the reference statistics were cached

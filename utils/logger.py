@@ -29,11 +29,11 @@ class Logger:
         if self.enabled:
             self.log.info(msg)
 
-    def scalars(self, stats: dict, step: int):
+    def scalars(self, stats: dict, step: int, prefix: str = 'train'):
         if not self.enabled:
             return
         for k, v in stats.items():
-            self.tb.add_scalar(f'train/{k}', v, step)
+            self.tb.add_scalar(f'{prefix}/{k}', v, step)
         self.info(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in stats.items()))
 
     def progress(self, total: int, initial: int):

@@ -1,0 +1,27 @@
+"""Shared fixtures."""
+import math
+from unittest import mock
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """Paths of random-init InceptionV3 weights in torch-fidelity's state-dict layout: finite and NaN logits."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+    # the constructor loads weights (download when no path): skip that to keep the random init
+    with mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+        fe = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.manual_seed(0)
+    for m in fe.modules():  # variance-preserving init, so features are O(1) through the BN layers at identity
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    folder = tmp_path_factory.mktemp("weights")
+    sd = fe.state_dict()
+    torch.save(sd, folder / "random.pth")
+    sd["fc.weight"] = torch.full_like(sd["fc.weight"], math.nan)  # like fid_inception_weights.py: no classifier
+    sd["fc.bias"] = torch.full_like(sd["fc.bias"], math.nan)
+    torch.save(sd, folder / "nan_logits.pth")
+    return {"random": str(folder / "random.pth"), "nan": str(folder / "nan_logits.pth")}
