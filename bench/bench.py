@@ -128,6 +128,41 @@ def time_sampling(cfg, mode, batch, steps, device):
     return statistics.median(times)
 
 
+def loss_agreement(plain, fast, tail=0.25):
+    """Compare two loss curves (lists of (step, window-mean loss)) over their last `tail` fraction.
+
+    Returns both means, the difference, and the window-to-window standard deviation of each tail as the
+    noise scale: curves agree within noise when |difference| is a small multiple of that std / sqrt(n).
+    """
+    def tail_stats(curve):
+        vals = [l for _, l in curve][-max(2, int(len(curve) * tail)):]
+        return statistics.mean(vals), statistics.stdev(vals), len(vals)
+    (mp, sp, n), (mf, sf, _) = tail_stats(plain), tail_stats(fast)
+    se = ((sp ** 2 + sf ** 2) / n) ** 0.5
+    return {'plain_mean': mp, 'fast_mean': mf, 'diff': mf - mp, 'std_err_of_diff': se,
+            'diff_in_std_errs': (mf - mp) / se if se > 0 else float('inf'), 'windows': n}
+
+
+@torch.no_grad()
+def sampling_agreement(cfg, step_dir, device, n=256, steps=50):
+    """Same EMA weights, same noise, DDIM (eta 0) for `steps` steps in fp32 and under bf16 autocast."""
+    from diffusions import make_sampler
+    from utils.checkpoint import load_model_weights
+    model = build_model(cfg['model']).to(device).eval()
+    model.load_state_dict(load_model_weights(step_dir, use_ema=True))
+    sampler = make_sampler('ddim', DDPM.from_config(cfg['diffusion'], skip_type='uniform', skip_steps=steps))
+    shape = (n, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
+    noise = torch.randn(shape, generator=torch.Generator(device).manual_seed(0), device=device)
+    to255 = lambda x: ((x.float().clamp(-1, 1) + 1) * 127.5).round()
+    a = to255(sampler.sample(model, noise))
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        b = to255(sampler.sample(model, noise))
+    mse = (a - b).pow(2).mean().item()
+    return {'n': n, 'sampler': f'ddim eta 0, {steps} steps', 'mean_abs_diff_0_255': (a - b).abs().mean().item(),
+            'psnr_db': 10 * np.log10(255 ** 2 / mse) if mse > 0 else float('inf'),
+            'frac_pixels_within_2_levels': ((a - b).abs() <= 2).float().mean().item()}
+
+
 def model_gflops_per_image(cfg, device):
     """Forward FLOPs of the UNet for one image (torch.utils.flop_counter; multiply-add = 2 FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -162,17 +197,24 @@ def main():
     p.add_argument('--modes', default='plain,fast', help=f'training modes, of {list(MODES)}')
     p.add_argument('--sample-modes', default='plain,fast')
     p.add_argument('--configs', default='cifar10,mnist')
+    p.add_argument('--skip', default='', help='comma list of config/mode training runs to leave out, e.g. cifar10/plain')
+    p.add_argument('--mnist-root', default=None,
+                   help='real MNIST-format IDX files for the MNIST config (e.g. Fashion-MNIST); default: synthetic')
+    p.add_argument('--mnist-steps', type=int, default=2000, help='MNIST runs double as the loss-curve check')
     args = p.parse_args()
     assert torch.cuda.is_available(), 'the benchmark needs a CUDA GPU'
     device = torch.device('cuda')
-    parts = set(args.only.split(',')) if args.only else {'matmul', 'train', 'real', 'sample'}
+    parts = set(args.only.split(',')) if args.only else {'matmul', 'train', 'real', 'sample', 'agree'}
     modes = args.modes.split(',')
     res = {'card': torch.cuda.get_device_name(0), 'torch': torch.__version__, 'argv': sys.argv[1:],
            'train': {}, 'sample': {}}
     tmp = tempfile.mkdtemp(prefix='ddpm-bench-')
     cifar_root, mnist_root = os.path.join(tmp, 'cifar10'), os.path.join(tmp, 'mnist')
     write_fake_cifar(cifar_root)
-    write_fake_idx(mnist_root)
+    if args.mnist_root:
+        mnist_root = os.path.abspath(args.mnist_root)
+    else:
+        write_fake_idx(mnist_root)
     configs = {'cifar10': (os.path.join(ROOT, 'configs/ddpm_cifar10.yaml'), cifar_root),
                'mnist': (os.path.join(ROOT, 'configs/ddpm_mnist.yaml'), mnist_root)}
     peak = matmul_tflops(device) if 'matmul' in parts else None
@@ -185,8 +227,11 @@ def main():
         for mode in modes:
             if 'train' not in parts:
                 break
+            if f'{name}/{mode}' in args.skip.split(','):
+                continue
+            steps = args.mnist_steps if name == 'mnist' else args.train_steps
             try:
-                windows, wall = run_training(config, root, mode, args.train_steps, args.print_freq,
+                windows, wall = run_training(config, root, mode, steps, args.print_freq,
                                              os.path.join(tmp, f'{name}-{mode}'))
             except RuntimeError as e:     # keep going: one broken variant must not cost the whole run
                 print(e, flush=True)
@@ -194,6 +239,7 @@ def main():
                 continue
             r = summarize_training(windows)
             r['wall_s'] = wall
+            r['loss_curve'] = [(w['step'], w['loss']) for w in windows]
             r['data'] = 'gpu' if MODES[mode]['data.on_gpu'] == 'true' else 'dataloader'
             r['overrides'] = MODES[mode]
             if peak:
@@ -224,6 +270,15 @@ def main():
                 r['mfu'] = args.sample_batch * gf / sec / 1e3 / peak
             res['sample'][f'cifar10/{mode}'] = r
             print('sample', mode, r, flush=True)
+    if 'mnist/plain' in res['train'] and 'mnist/fast' in res['train'] and 'error' not in res['train']['mnist/fast']:
+        res['loss_agreement'] = loss_agreement(res['train']['mnist/plain']['loss_curve'],
+                                               res['train']['mnist/fast']['loss_curve'])
+        print('loss agreement', res['loss_agreement'], flush=True)
+        ck = os.path.join(tmp, 'mnist-plain', 'ckpt')
+        if 'agree' in parts and os.path.isfile(os.path.join(ck, 'latest')):
+            step_dir = os.path.join(ck, open(os.path.join(ck, 'latest')).read().strip())
+            res['bf16_sampling_agreement'] = sampling_agreement(load_config(configs['mnist'][0]), step_dir, device)
+            print('bf16 vs fp32 sampling', res['bf16_sampling_agreement'], flush=True)
     ratios = {}
     for kind in ('train', 'sample'):
         for key, r in res[kind].items():
@@ -251,6 +306,14 @@ def print_table(res):
         print(f"{'sample ' + k + ' (100 st)':32s} {'':>9s} {r['img_per_s_100_steps']:9.2f}")
     for k, v in res['fast_over_plain'].items():
         print(f'fast / plain  {k}: {v:.2f}x')
+    if 'loss_agreement' in res:
+        a = res['loss_agreement']
+        print(f"MNIST loss, last {a['windows']} windows: plain {a['plain_mean']:.5f}, fast {a['fast_mean']:.5f} "
+              f"(diff {a['diff_in_std_errs']:+.1f} standard errors)")
+    if 'bf16_sampling_agreement' in res:
+        a = res['bf16_sampling_agreement']
+        print(f"bf16 vs fp32 sampling ({a['sampler']}, {a['n']} images): mean |diff| {a['mean_abs_diff_0_255']:.3f} "
+              f"of 255, PSNR {a['psnr_db']:.1f} dB")
 
 
 if __name__ == '__main__':
