@@ -1,0 +1,65 @@
+"""Image files: [-1, 1] tensors to uint8, atomic PNG/NPZ writes, rows and grids.
+
+Images are uint8 tensors C×H×W (C = 1 or 3) unless said otherwise; files are written to a temporary name
+in the same folder and renamed into place, so a killed process never leaves a half-written file.
+"""
+import os
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.utils import make_grid
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """B×C×H×W (or C×H×W) floats in [-1, 1] -> uint8 on the CPU, rounded as torchvision's save_image does."""
+    return ((x.detach().float() + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).cpu()
+
+
+def _tmp_name(path: str) -> str:
+    """A hidden temporary name beside `path` that does not end in the same extension (so globs skip it)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f'.{name}.{os.getpid()}.tmp')
+
+
+def save_png(img: Tensor, path: str):
+    """Write a uint8 C×H×W image (C = 1: grayscale, C = 3: RGB) as PNG, atomically."""
+    arr = img.permute(1, 2, 0).numpy()
+    pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    tmp = _tmp_name(path)
+    try:
+        pil.save(tmp, format='PNG')
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_png(path: str) -> np.ndarray:
+    """A PNG as an H×W×C uint8 array (C = 1 for grayscale)."""
+    with Image.open(path) as im:
+        arr = np.array(im)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def save_npz(images: np.ndarray, path: str):
+    """Write N×H×W×C uint8 images as `arr_0` of an .npz (the layout FID tools read), atomically."""
+    tmp = _tmp_name(path) + '.npz'
+    try:
+        np.savez(tmp, images)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def row(frames: Sequence[Tensor]) -> Tensor:
+    """n uint8 C×H×W frames side by side, no padding: C×H×(n·W)."""
+    return torch.cat(list(frames), dim=2)
+
+
+def grid(images: List[Tensor], nrow: int, padding: int = 2) -> Tensor:
+    """uint8 C×H×W images (same size) in a grid of `nrow` per line with `padding` black pixels: C×H'×W'."""
+    return make_grid(torch.stack(images), nrow=nrow, padding=padding, pad_value=0)
