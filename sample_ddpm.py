@@ -176,7 +176,7 @@ def main(argv=None):
     check_settings(settings_path, settings)
 
     # ---------------------------------------------------------------- processes, pending batches
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())   # N gloo processes on a CPU-only machine
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     model = model.to(device)                    # unwrapped: no DDP for sampling
     if args.compile:

@@ -21,6 +21,7 @@ from torchvision.utils import save_image
 import datasets
 from diffusions import DDPM
 from models import EMA, build_model
+from models.ema import unwrap
 from utils import checkpoint as ckpt
 from utils.config import parse_args, save_config
 from utils.errors import UserError, run_main
@@ -32,12 +33,6 @@ def get_parser():
     p.add_argument('-c', '--config', required=True, help='YAML config; any key can be overridden as --key.sub value')
     p.add_argument('-e', '--exp-dir', default=None, help='run folder (default runs/exp-YYYY-mm-dd-HH-MM-SS)')
     return p
-
-
-def unwrap(model):
-    """The plain nn.Module under DDP and torch.compile wrappers."""
-    model = getattr(model, 'module', model)
-    return getattr(model, '_orig_mod', model)
 
 
 def main():

@@ -5,8 +5,8 @@
 - :class:`DeviceLoader` -- endless random batches from a uint8 tensor on the device
 """
 from datasets.device_loader import DeviceLoader
-from datasets.host_loader import HostLoader, random_hflip
+from datasets.host_loader import HostLoader
 from datasets.registry import NAMES, SPLITS, build_dataset, load_uint8
-from datasets.transforms import to_unit_range
+from datasets.transforms import random_hflip, to_unit_range
 
 __all__ = ["DeviceLoader", "HostLoader", "random_hflip", "NAMES", "SPLITS", "build_dataset", "load_uint8", "to_unit_range"]

@@ -1,7 +1,7 @@
 """An infinite batch iterator over a uint8 image tensor that lives on the device (e.g. the GPU)."""
 import torch
 
-from datasets.transforms import to_unit_range
+from datasets.transforms import random_hflip, to_unit_range
 
 
 class DeviceLoader:
@@ -34,8 +34,7 @@ class DeviceLoader:
         idx = torch.randint(n, (b,), generator=g, device=self.device)
         x = self.images.index_select(0, idx)
         if self.random_flip:
-            flip = torch.rand(b, generator=g, device=self.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            x = random_hflip(x, g)
         return to_unit_range(x)
 
     def state_dict(self) -> dict:

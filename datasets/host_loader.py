@@ -2,11 +2,7 @@
 import torch
 from torch.utils.data import DataLoader
 
-
-def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image of x (B×C×H×W) left-right with probability 1/2, on x's device, no host sync."""
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+from datasets.transforms import random_hflip
 
 
 class HostLoader:

@@ -66,3 +66,9 @@ def match_channels(images: torch.Tensor, channels: int, what: str) -> torch.Tens
         return images.expand(-1, 3, -1, -1).contiguous()
     raise UserError(f"{what} has {c} channels but data.img_channels is {channels}; "
                     f"set --data.img_channels {c}")
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image of x (B×C×H×W) left-right with probability 1/2, on x's device, no host sync."""
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)

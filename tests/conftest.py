@@ -6,6 +6,16 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for in-process tiny tensor work: on a shared 2-core machine two threads
+    contend with the other processes and can make a tiny forward take seconds."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory):
     """Paths of random-init InceptionV3 weights in torch-fidelity's state-dict layout: finite and NaN logits."""

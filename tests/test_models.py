@@ -17,6 +17,9 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
 CIFAR10 = os.path.join(ROOT, "configs", "ddpm_cifar10.yaml")
 
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
 def load_yaml(path):
     with open(path) as f:
         return yaml.safe_load(f)

@@ -21,9 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'configs', 'ddpm_tiny.yaml')
 TINY = ['--diffusion.total_steps', '20', '--model.params.dim', '16', '--data.img_size', '8']   # 8x8 gray, T = 20
 # no GPU; one thread per process so 1 and 2 processes run the same kernels; real multi-process on a CPU-only
-# machine: `accelerate launch --multi_gpu` runs torchrun, and ACCELERATE_USE_CPU makes each process join
-# the gloo group (without it accelerate 1.15 starts N independent single-process runs)
-ENV = dict(os.environ, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1', ACCELERATE_USE_CPU='true', PYTHONUNBUFFERED='1')
+# machine: `accelerate launch --multi_gpu` runs torchrun, and the script's Accelerator(cpu=True) on a machine
+# without CUDA makes each process join the gloo group
+ENV = dict(os.environ, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 
 
 def tiny_cfg():
@@ -62,7 +62,6 @@ def run(monkeypatch):
 
     One thread during the test: the tiny convolutions are faster so on a shared 2-core machine.
     """
-    monkeypatch.setenv('ACCELERATE_USE_CPU', 'true')
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
@@ -236,7 +235,6 @@ def bad_cases(tmp_path, ckpt_dir):
 
 
 def test_bad_input_is_one_line_and_writes_nothing(ckpt_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv('ACCELERATE_USE_CPU', 'true')
     for argv, message in bad_cases(tmp_path, ckpt_dir):
         with pytest.raises(SystemExit) as e:
             run_main(sample_ddpm.main, argv)

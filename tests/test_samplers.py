@@ -25,13 +25,7 @@ COSINE = dict(total_steps=T, beta_schedule='cosine', beta_start=1e-4, beta_end=0
 N = 40_000            # samples of one pixel each
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny elementwise ops: one thread is faster and steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def gaussian_model(cfg, objective, mu=MU, s=S_DATA):
