@@ -67,13 +67,13 @@ def main():
         save_config(cfg, os.path.join(exp_dir, 'config.yaml'))
     log = Logger(exp_dir, enabled=accelerator.is_main_process)
     log.info(f'exp dir: {exp_dir}; {world} process(es) on {device}, mixed precision: {accelerator.mixed_precision}')
-    set_seed(cfg['seed'] + rank)
+    set_seed(cfg['seed'] + rank)        # the global RNGs (dropout) differ per process
 
     # ---------------------------------------------------------------- data
     dc = cfg['data']
     if dc['on_gpu']:
         images = datasets.load_uint8(dc, 'train')
-        loader = datasets.DeviceLoader(images, batch, dc['random_flip'], seed=cfg['seed'] + rank, device=device)
+        loader = datasets.DeviceLoader(images, batch, dc['random_flip'], cfg['seed'], device, rank, world)
         n_images = len(images)
     else:
         dataset = datasets.build_dataset(dict(dc, random_flip=False), 'train')   # flips happen on the device
@@ -100,8 +100,10 @@ def main():
 
     # ---------------------------------------------------------------- resume
     step = 0
+    step_gen = torch.Generator(device).manual_seed(cfg['seed'])     # t and ε; the same on every process
     if resume_dir is not None:
-        step = load_checkpoint(resume_dir, unwrap(model), ema, optimizer, scheduler, accelerator, loader, rank)
+        step = load_checkpoint(resume_dir, unwrap(model), ema, optimizer, scheduler, accelerator, loader, step_gen,
+                               rank)
         log.info(f'resumed from {resume_dir} at step {step}')
 
     # ---------------------------------------------------------------- fixed noise for sample grids
@@ -121,7 +123,7 @@ def main():
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             ckpt.save_file({'step': step, 'lr_scheduler': scheduler.state_dict(), 'scaler': scaler},
                            os.path.join(tmp, 'meta.pt'))
-        ckpt.save_file(rng_state(loader), os.path.join(tmp, f'rng_{rank}.pt'))
+        ckpt.save_file(rng_state(loader, step_gen), os.path.join(tmp, f'rng_{rank}.pt'))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             ckpt.publish(ckpt_root, step, tc['keep_ckpts'])
@@ -150,8 +152,12 @@ def main():
     pbar = log.progress(total=tc['n_steps'], initial=step)
     while step < tc['n_steps']:
         x = next(loader).contiguous(memory_format=memory_format)
-        t = torch.randint(0, diffusion.num_steps, (batch,), device=device)   # drawn for the whole batch, so
-        noise = torch.randn_like(x)                                          # micro-batching changes nothing
+        # t and ε for the whole global batch from a generator shared by all processes, each taking its slice:
+        # neither micro-batching nor the number of processes changes what is drawn
+        mine = slice(rank * batch, (rank + 1) * batch)
+        t = torch.randint(0, diffusion.num_steps, (batch * world,), device=device, generator=step_gen)[mine]
+        noise = torch.randn((batch * world, *x.shape[1:]), device=device, generator=step_gen)[mine]
+        noise = noise.contiguous(memory_format=memory_format)
         for k in range(n_micro):
             sync = accelerator.no_sync(model) if k < n_micro - 1 else contextlib.nullcontext()
             part = slice(k * micro, (k + 1) * micro)
@@ -179,7 +185,8 @@ def main():
             loss_sum.zero_()
             t_last, step_last = time.time(), step
         if n_grid > 0 and (step % tc['sample_freq'] == 0 or step == tc['n_steps']):
-            sample_grid(accelerator, ema.model, diffusion, grid_noise, os.path.join(exp_dir, 'samples', f'step{step:07d}.png'))
+            sample_grid(accelerator, ema.model, diffusion, grid_noise, cfg['seed'],
+                        os.path.join(exp_dir, 'samples', f'step{step:07d}.png'))
         if tc['fid_freq'] > 0 and step % tc['fid_freq'] == 0:
             log.scalars({'fid': training_fid(accelerator, ema.model, cfg)}, step, prefix='eval')
         if step % tc['save_freq'] == 0 or step == tc['n_steps'] or stop['signal'] is not None:
@@ -197,14 +204,16 @@ def main():
         sys.exit(128 + stop['signal'])
 
 
-def rng_state(loader) -> dict:
-    """Every random state of this process: CPU and CUDA global generators and the data iterator."""
+def rng_state(loader, step_gen) -> dict:
+    """Every random state of this process: CPU and CUDA global generators (dropout), the t/ε generator
+    and the data iterator."""
     return {'cpu': torch.get_rng_state(),
             'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            'step_gen': step_gen.get_state(),
             'loader': loader.state_dict()}
 
 
-def load_checkpoint(folder, model, ema, optimizer, scheduler, accelerator, loader, rank) -> int:
+def load_checkpoint(folder, model, ema, optimizer, scheduler, accelerator, loader, step_gen, rank) -> int:
     """Restore everything saved by save_checkpoint; returns the step to continue from."""
     ckpt.load_state_dict_checked(model, ckpt.load_file(os.path.join(folder, 'model.pt')), f'checkpoint {folder}')
     ema.load_state_dict(ckpt.load_file(os.path.join(folder, 'ema.pt')))
@@ -213,32 +222,34 @@ def load_checkpoint(folder, model, ema, optimizer, scheduler, accelerator, loade
     scheduler.load_state_dict(meta['lr_scheduler'])
     if accelerator.scaler is not None and meta['scaler'] is not None:
         accelerator.scaler.load_state_dict(meta['scaler'])
-    rng_file = os.path.join(folder, f'rng_{rank}.pt')
-    if os.path.isfile(rng_file):       # absent when resuming on more processes than saved: data order changes
-        rng = ckpt.load_file(rng_file)
+    # data order, flips, t and ε are drawn the same on every process: take them from process 0's file, so a
+    # run may resume on another number of processes (same global batch) and see the same global batches
+    shared = ckpt.load_file(os.path.join(folder, 'rng_0.pt'))
+    loader.load_state_dict(shared['loader'])
+    step_gen.set_state(shared['step_gen'])
+    own = os.path.join(folder, f'rng_{rank}.pt')
+    if os.path.isfile(own):            # the global RNGs (dropout); absent for a process the saved run lacked
+        rng = ckpt.load_file(own)
         torch.set_rng_state(rng['cpu'])
         if rng['cuda'] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng['cuda'])
-        loader.load_state_dict(rng['loader'])
     return int(meta['step'])
 
 
 @torch.no_grad()
-def sample_grid(accelerator, ema_model, diffusion, noise, path):
-    """Sample the fixed grid noise with the EMA model: each process takes a slice, the main one saves.
+def sample_grid(accelerator, ema_model, diffusion, noise, seed, path):
+    """Sample the fixed grid noise with the EMA model and save the grid (main process).
 
-    All processes do the same amount of work (equal slices, padded), so no rank waits long on the gather.
-    The chain's noise comes from its own generator, so a grid never touches the training RNG state.
+    Every process runs the same small chain (it is a few seconds even for 64 images and 1000 steps), so all
+    stay in step and the grid is the same whatever the number of processes. The chain's noise comes from
+    its own generator, so a grid never touches the training RNG state.
     """
-    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    per = math.ceil(len(noise) / world)
-    padded = torch.cat([noise, noise[:per * world - len(noise)]]) if per * world > len(noise) else noise
-    mine = padded[rank * per:(rank + 1) * per].to(device)
+    device = accelerator.device
     with accelerator.autocast():
-        x = diffusion.sample(ema_model, mine, torch.Generator(device).manual_seed(rank)).float()
-    x = accelerator.gather(x.contiguous())[:len(noise)]
+        x = diffusion.sample(ema_model, noise.to(device), torch.Generator(device).manual_seed(seed)).float()
     if accelerator.is_main_process:
         save_image((x.cpu() + 1) / 2, path, nrow=int(math.sqrt(len(noise))) or 1)
+    accelerator.wait_for_everyone()
 
 
 @torch.no_grad()

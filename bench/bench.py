@@ -71,12 +71,12 @@ def write_fake_idx(root, n=60000):
             f.write(header + rng.integers(0, 256, (m, 28, 28), dtype=np.uint8).tobytes())
 
 
-def run_training(config, data_root, mode, steps, print_freq, exp_dir, extra=()):
-    """Run train_ddpm.py; return per-window stats parsed from its log."""
+def run_training(config, data_root, mode, steps, print_freq, exp_dir, extra=(), launcher=(sys.executable,)):
+    """Run train_ddpm.py (through `launcher`, e.g. accelerate launch); return per-window stats from its log."""
     over = dict(MODES[mode], **{'data.root': data_root, 'train.n_steps': steps, 'train.print_freq': print_freq,
                                 'train.save_freq': 10 ** 9, 'train.n_samples': 0, 'data.num_workers': 8})
     args = [x for k, v in over.items() for x in (f'--{k}', str(v))]
-    cmd = [sys.executable, os.path.join(ROOT, 'train_ddpm.py'), '-c', config, '-e', exp_dir, *args, *extra]
+    cmd = [*launcher, os.path.join(ROOT, 'train_ddpm.py'), '-c', config, '-e', exp_dir, *args, *extra]
     t0 = time.time()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:

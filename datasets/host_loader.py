@@ -9,7 +9,8 @@ class HostLoader:
     """Infinite iterator of per-process batches (float, on `device`), flipped on the device.
 
     Epoch e visits the dataset in the order torch.randperm(N, seed + e); each global batch of
-    batch_size × world indices is split so that process `rank` takes its own slice (drop_last).
+    batch_size × world indices is split so that process `rank` takes its own slice (drop_last), and the
+    flips are drawn for the global batch too: the global batches do not depend on the number of processes.
     The state (epoch, batches taken, flip generator) is small, so a resumed run sees the same batches.
     """
 
@@ -22,7 +23,7 @@ class HostLoader:
         if self.batches_per_epoch == 0:
             raise ValueError(f'dataset of {len(dataset)} images is smaller than one global batch')
         self.epoch, self.position = 0, 0
-        self.flip_gen = torch.Generator(self.device).manual_seed(seed + 1000 * rank + 1)
+        self.flip_gen = torch.Generator(self.device).manual_seed(seed + 1)     # the same on every process
         self._it = None
 
     def _index_batches(self):
@@ -52,7 +53,7 @@ class HostLoader:
             x = next(self._it)
         self.position += 1
         x = x.to(self.device, non_blocking=True)
-        return random_hflip(x, self.flip_gen) if self.random_flip else x
+        return random_hflip(x, self.flip_gen, self.rank, self.world) if self.random_flip else x
 
     def state_dict(self) -> dict:
         return {'epoch': self.epoch, 'position': self.position, 'flip_gen': self.flip_gen.get_state()}

@@ -68,7 +68,12 @@ def match_channels(images: torch.Tensor, channels: int, what: str) -> torch.Tens
                     f"set --data.img_channels {c}")
 
 
-def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image of x (B×C×H×W) left-right with probability 1/2, on x's device, no host sync."""
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+def random_hflip(x: torch.Tensor, generator: torch.Generator, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Flip each image of x (B×C×H×W) left-right with probability 1/2, on x's device, no host sync.
+
+    The coin flips are drawn for the whole global batch (B × world, the same on every process, whose
+    generators share a seed) and process `rank` takes its slice, so the flips do not depend on `world`.
+    """
+    B = x.shape[0]
+    flip = (torch.rand(B * world, device=x.device, generator=generator) < 0.5)[rank * B:(rank + 1) * B]
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
