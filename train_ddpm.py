@@ -15,7 +15,7 @@ import time
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torchvision.utils import save_image
 
 import datasets
@@ -59,7 +59,7 @@ def main():
         resume_dir = ckpt.resolve(tc['resume'], exp_dir)
     if exp_dir is None:
         exp_dir = os.path.join('runs', time.strftime('exp-%Y-%m-%d-%H-%M-%S'))
-        exp_dir = accelerator.gather_for_metrics([exp_dir])[0] if world > 1 else exp_dir  # one name for all
+        exp_dir = broadcast_object_list([exp_dir])[0] if world > 1 else exp_dir   # process 0's name for all
     ckpt_root = os.path.join(exp_dir, 'ckpt')
     if accelerator.is_main_process:
         for sub in ('ckpt', 'samples', 'tensorboard'):

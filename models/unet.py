@@ -60,24 +60,25 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all H*W positions. x: (B, C, H, W) -> (B, C, H, W)."""
+    """Single-head self-attention over all H*W positions. x: (B, C, H, W) -> (B, C, H, W).
+
+    q, k and v come from one fused (C -> 3C) projection of the tokens (B, H*W, C): one matrix product
+    instead of three (the same parameters as the reference's three 1x1 convs, stacked).
+    """
 
     def __init__(self, channels, groups):
         super().__init__()
         self.norm = norm(channels, groups)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj_out = nn.Linear(channels, channels)
 
     def forward(self, x):
         B, C, H, W = x.shape
-        h = self.norm(x)
         # (B, C, H, W) -> (B, H*W, C); reshape, not view: x may be channels_last.
-        q, k, v = (f(h).reshape(B, C, H * W).transpose(1, 2) for f in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
-        h = h.transpose(1, 2).reshape(B, C, H, W)
-        return x + self.proj_out(h)
+        h = self.norm(x).reshape(B, C, H * W).transpose(1, 2)
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        h = self.proj_out(F.scaled_dot_product_attention(q, k, v))  # softmax(q k^T / sqrt(C)) v
+        return x + h.transpose(1, 2).reshape(B, C, H, W)
 
 
 class Downsample(nn.Module):
@@ -183,6 +184,8 @@ class UNet(nn.Module):
             if isinstance(m, ResBlock):
                 nn.init.zeros_(m.conv2.weight)
             elif isinstance(m, AttnBlock):
+                for w in m.qkv.weight.chunk(3):          # each of q, k, v as its own C x C projection
+                    nn.init.xavier_uniform_(w)
                 nn.init.zeros_(m.proj_out.weight)
         nn.init.zeros_(self.conv_out.weight)
 
