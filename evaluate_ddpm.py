@@ -14,12 +14,13 @@ import json
 import os
 import sys
 
+from utils.config import ArgumentParser
 from utils.errors import run_main
 from utils.fid import DIMS, default_cache_dir, evaluate, format_table
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", metavar="DIR_OR_NPZ", help="folder of PNG/JPEG samples, or .npz of uint8 images (NHW, NHWC or NCHW)")
     ref = p.add_mutually_exclusive_group()
     ref.add_argument("--ref-config", metavar="CONFIG", help="training config: reference = its dataset, resized as in training")

@@ -30,18 +30,11 @@ from diffusions import DDPM, SAMPLERS, SKIP_TYPES, VAR_TYPES, make_sampler
 from models import build_model
 from utils import checkpoint as ckpt
 from utils import images
-from utils.config import parse_args
+from utils.config import ArgumentParser, parse_args
 from utils.errors import UserError, run_main
 
 MODES = ('sample', 'denoise', 'progressive')
 SETTINGS_FILE = 'sample_args.yaml'      # what the images in SAVE_DIR were made with; checked on a rerun
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one-line UserErrors (exit 2 through run_main) instead of usage dumps."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python sample_ddpm.py --help)")
 
 
 def str2bool(text: str) -> bool:
@@ -54,7 +47,7 @@ def str2bool(text: str) -> bool:
 
 
 def get_parser():
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument('-c', '--config', required=True, help='the YAML config the weights were trained with')
     p.add_argument('--seed', type=int, default=None, help="base seed of every batch's noise (default: the config's seed)")
     p.add_argument('--weights', required=True, help='checkpoint folder EXP_DIR/ckpt/stepNNNNNNN, or a model/ema .pt file')

@@ -23,20 +23,43 @@ from diffusions import DDPM
 from models import EMA, build_model
 from models.ema import unwrap
 from utils import checkpoint as ckpt
-from utils.config import parse_args, save_config
+from utils.config import ArgumentParser, parse_args, save_config
 from utils.errors import UserError, run_main
 from utils.logger import Logger
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-c', '--config', required=True, help='YAML config; any key can be overridden as --key.sub value')
     p.add_argument('-e', '--exp-dir', default=None, help='run folder (default runs/exp-YYYY-mm-dd-HH-MM-SS)')
     return p
 
 
+def check_config(cfg):
+    """Values the type check cannot judge: one-line UserErrors before anything is created."""
+    tc, dc, mp = cfg['train'], cfg['data'], cfg['model']['params']
+    for key in ('n_steps', 'batch_size', 'print_freq', 'save_freq', 'sample_freq', 'keep_ckpts', 'fid_n_samples',
+                'fid_steps'):
+        if tc[key] < 1:
+            raise UserError(f"train.{key} must be at least 1, got {tc[key]} (to turn grids or FID off, set "
+                            f"train.n_samples or train.fid_freq to 0)")
+    for key in ('lr', 'grad_clip'):
+        if not tc[key] > 0:
+            raise UserError(f"train.{key} must be positive, got {tc[key]}")
+    if tc['mixed_precision'] not in (None, False, 'no', 'fp16', 'bf16'):
+        raise UserError(f"train.mixed_precision must be null, no, fp16 or bf16, got {tc['mixed_precision']!r}")
+    levels = len(mp['dim_mults'])
+    if dc['img_size'] % 2 ** (levels - 1):
+        raise UserError(f"data.img_size {dc['img_size']} must be divisible by {2 ** (levels - 1)} for a UNet with "
+                        f"{levels} levels (model.params.dim_mults)")
+    if dc['img_channels'] != mp['in_channels'] or mp['in_channels'] != mp['out_channels']:
+        raise UserError(f"data.img_channels ({dc['img_channels']}), model.params.in_channels ({mp['in_channels']}) "
+                        f"and out_channels ({mp['out_channels']}) must be equal")
+
+
 def main():
     args, cfg = parse_args(get_parser())
+    check_config(cfg)
     tc = cfg['train']
 
     # ---------------------------------------------------------------- accelerator, run folder
@@ -61,6 +84,9 @@ def main():
         exp_dir = os.path.join('runs', time.strftime('exp-%Y-%m-%d-%H-%M-%S'))
         exp_dir = broadcast_object_list([exp_dir])[0] if world > 1 else exp_dir   # process 0's name for all
     ckpt_root = os.path.join(exp_dir, 'ckpt')
+    if resume_dir is None and os.path.isfile(os.path.join(ckpt_root, 'latest')):
+        raise UserError(f"{exp_dir} already holds checkpoints; continue it with --train.resume latest, "
+                        f"or pass another -e EXP_DIR")
     if accelerator.is_main_process:
         for sub in ('ckpt', 'samples', 'tensorboard'):
             os.makedirs(os.path.join(exp_dir, sub), exist_ok=True)
@@ -77,6 +103,9 @@ def main():
         n_images = len(images)
     else:
         dataset = datasets.build_dataset(dict(dc, random_flip=False), 'train')   # flips happen on the device
+        if len(dataset) < tc['batch_size']:
+            raise UserError(f"the dataset has {len(dataset)} images, fewer than one batch (train.batch_size "
+                            f"{tc['batch_size']}); lower the batch size or add images")
         loader = datasets.HostLoader(dataset, batch, cfg['seed'], rank, world, device, dc['random_flip'],
                                      num_workers=dc['num_workers'])
         n_images = len(dataset)
@@ -104,7 +133,11 @@ def main():
     if resume_dir is not None:
         step = load_checkpoint(resume_dir, unwrap(model), ema, optimizer, scheduler, accelerator, loader, step_gen,
                                rank)
+        ema.decay = tc['ema_decay']           # the config's decay, even if the checkpoint was made with another
         log.info(f'resumed from {resume_dir} at step {step}')
+
+    # ---------------------------------------------------------------- FID: everything that can fail, up front
+    fid_setup = prepare_fid(accelerator, cfg) if tc['fid_freq'] > 0 else None
 
     # ---------------------------------------------------------------- fixed noise for sample grids
     n_grid = tc['n_samples']
@@ -130,10 +163,22 @@ def main():
             log.info(f'saved checkpoint {os.path.join(ckpt_root, ckpt.step_dir_name(step))}')
         accelerator.wait_for_everyone()
 
-    def check_finite(loss_sum):
-        if not torch.isfinite(loss_sum).item():
-            raise UserError(f'the loss became non-finite before step {step}; stopped without saving. The last good '
-                            f'checkpoint in {ckpt_root} is untouched: lower train.lr or try train.mixed_precision no')
+    def check_finite():
+        """Stop, before any save, if a loss or (without an fp16 loss scaler) a gradient norm was not finite."""
+        if accelerator.reduce(nonfinite, 'max').item() > 0:
+            raise UserError(f'the loss or the gradients became non-finite before step {step}; stopped without saving. '
+                            f'The last good checkpoint in {ckpt_root} is untouched: lower train.lr or try '
+                            f'train.mixed_precision no')
+
+    def agree_to_stop() -> bool:
+        """True when a signal reached any process. With several processes the flags are combined at the
+        logging interval, where every process arrives at the same step, so all save and stop together."""
+        if world == 1:
+            return stop['signal'] is not None
+        if step % tc['print_freq'] and step != tc['n_steps']:
+            return False
+        flag = torch.tensor(float(stop['signal'] is not None), device=device)
+        return accelerator.reduce(flag, 'max').item() > 0
 
     # ---------------------------------------------------------------- Ctrl-C / SIGTERM: save, then exit
     stop = {'signal': None}
@@ -146,10 +191,13 @@ def main():
     # ---------------------------------------------------------------- train
     model.train()
     loss_sum = torch.zeros((), device=device)      # summed on the device, read at print_freq only
+    nonfinite = torch.zeros((), device=device)     # 1 once a loss or gradient norm was inf/nan; read before saves
     grad_norm = torch.zeros((), device=device)
+    skip_on_overflow = accelerator.scaler is not None   # fp16: the scaler skips steps with inf gradients by design
     n_micro = batch // micro
     t_last, step_last = time.time(), step
     pbar = log.progress(total=tc['n_steps'], initial=step)
+    stopping = False
     while step < tc['n_steps']:
         x = next(loader).contiguous(memory_format=memory_format)
         # t and ε for the whole global batch from a generator shared by all processes, each taking its slice:
@@ -166,6 +214,8 @@ def main():
             accelerator.backward(loss)
             loss_sum += loss.detach()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc['grad_clip'])
+        bad = ~torch.isfinite(loss_sum) if skip_on_overflow else ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
+        nonfinite = torch.maximum(nonfinite, bad.float())
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -174,8 +224,8 @@ def main():
         pbar.update(1)
 
         if step % tc['print_freq'] == 0 or step == tc['n_steps']:
+            check_finite()
             loss_mean = accelerator.reduce(loss_sum, 'mean') / (step - step_last)
-            check_finite(loss_mean)
             dt = time.time() - t_last
             stats = {'loss': loss_mean.item(), 'grad_norm': float(grad_norm), 'lr': scheduler.get_last_lr()[0],
                      'steps_per_s': (step - step_last) / dt, 'images_per_s': (step - step_last) * tc['batch_size'] / dt}
@@ -184,24 +234,23 @@ def main():
             log.scalars(stats, step)
             loss_sum.zero_()
             t_last, step_last = time.time(), step
-        if n_grid > 0 and (step % tc['sample_freq'] == 0 or step == tc['n_steps']):
+        stopping = agree_to_stop()
+        if step % tc['save_freq'] == 0 or step == tc['n_steps'] or stopping:
+            check_finite()
+            save_checkpoint()
+        if n_grid > 0 and (step % tc['sample_freq'] == 0 or step == tc['n_steps']) and not stopping:
             sample_grid(accelerator, ema.model, diffusion, grid_noise, cfg['seed'],
                         os.path.join(exp_dir, 'samples', f'step{step:07d}.png'))
-        if tc['fid_freq'] > 0 and step % tc['fid_freq'] == 0:
-            log.scalars({'fid': training_fid(accelerator, ema.model, cfg)}, step, prefix='eval')
-        if step % tc['save_freq'] == 0 or step == tc['n_steps'] or stop['signal'] is not None:
-            if step_last != step:
-                check_finite(accelerator.reduce(loss_sum, 'sum'))
-            save_checkpoint()
-        if stop['signal'] is not None:
-            log.info(f'stopped by signal {stop["signal"]} at step {step}; resume with '
-                     f'--train.resume latest -e {exp_dir}')
+        if fid_setup is not None and step % tc['fid_freq'] == 0 and not stopping:
+            log.scalars({'fid': training_fid(accelerator, ema.model, cfg, fid_setup)}, step, prefix='eval')
+        if stopping:
+            log.info(f'stopped by a signal at step {step}; resume with --train.resume latest -e {exp_dir}')
             break
     pbar.close()
     log.close()
     accelerator.end_training()
-    if stop['signal'] is not None:
-        sys.exit(128 + stop['signal'])
+    if stopping:
+        sys.exit(128 + (stop['signal'] or signal.SIGTERM))
 
 
 def rng_state(loader, step_gen) -> dict:
@@ -225,8 +274,12 @@ def load_checkpoint(folder, model, ema, optimizer, scheduler, accelerator, loade
     # data order, flips, t and ε are drawn the same on every process: take them from process 0's file, so a
     # run may resume on another number of processes (same global batch) and see the same global batches
     shared = ckpt.load_file(os.path.join(folder, 'rng_0.pt'))
-    loader.load_state_dict(shared['loader'])
-    step_gen.set_state(shared['step_gen'])
+    try:
+        loader.load_state_dict(shared['loader'])
+        step_gen.set_state(shared['step_gen'])
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"the random state in {folder} does not fit this device ({type(e).__name__}): resume on the "
+                        f"kind of device it was saved on (CPU or GPU), or start a new run") from None
     own = os.path.join(folder, f'rng_{rank}.pt')
     if os.path.isfile(own):            # the global RNGs (dropout); absent for a process the saved run lacked
         rng = ckpt.load_file(own)
@@ -252,20 +305,60 @@ def sample_grid(accelerator, ema_model, diffusion, noise, seed, path):
     accelerator.wait_for_everyone()
 
 
+def on_main_process(accelerator, fn):
+    """Run fn() on the main process only; every process returns its result or raises the same UserError.
+
+    A failure on the main process must not leave the others waiting in the next collective.
+    """
+    result = [None, None]
+    if accelerator.is_main_process:
+        try:
+            result = [fn(), None]
+        except UserError as e:
+            result = [None, str(e)]
+    if accelerator.num_processes > 1:
+        result = broadcast_object_list(result)
+    if result[1] is not None:
+        raise UserError(result[1])
+    return result[0]
+
+
+def prepare_fid(accelerator, cfg) -> dict:
+    """Check the FID settings and get the reference statistics (computed and cached once, on the main process)
+    before training starts, so a bad setting fails at once and never mid-run."""
+    from diffusions import make_sampler
+    from utils.fid import check_weights, load_stats, reference_from_config
+    tc = cfg['train']
+    try:
+        diffusion = DDPM.from_config(cfg['diffusion'], skip_type='uniform', skip_steps=tc['fid_steps'])
+        sampler = make_sampler(tc['fid_sampler'], diffusion)
+    except UserError as e:
+        raise UserError(f'train.fid_steps / train.fid_sampler: {e}') from None
+
+    def reference():
+        try:
+            check_weights(tc['fid_weights'])
+        except UserError:
+            raise UserError(f"train.fid_weights {tc['fid_weights']} not found; pass an existing torch-fidelity "
+                            f"Inception weights file, or null to let torch-fidelity download its own") from None
+        if tc['fid_ref_stats'] is not None:
+            return load_stats(tc['fid_ref_stats'])
+        return reference_from_config(cfg['data'], 'train', weights_path=tc['fid_weights'],
+                                     device=accelerator.device)['stats']
+    return {'sampler': sampler, 'ref': on_main_process(accelerator, reference)}
+
+
 @torch.no_grad()
-def training_fid(accelerator, ema_model, cfg) -> float:
+def training_fid(accelerator, ema_model, cfg, setup) -> float:
     """FID of `train.fid_n_samples` EMA samples against the training set; every process samples its share.
 
-    Only the main process runs the Inception network (seconds on a GPU); the others wait for it at the next
-    collective, far inside any timeout. Noise comes from generators seeded per (process, batch), so the
-    training RNG is untouched and the number is reproducible for a given world size.
+    Only the main process runs the Inception network (seconds on a GPU); the others wait for its result.
+    Noise comes from generators seeded per (process, batch), so the training RNG is untouched and the number
+    is reproducible for a given number of processes.
     """
-    from diffusions import make_sampler
-    from utils.fid import compute_fid, load_stats, reference_from_config
+    from utils.fid import compute_fid
     tc, dc = cfg['train'], cfg['data']
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    diffusion = DDPM.from_config(cfg['diffusion'], skip_type='uniform', skip_steps=tc['fid_steps'])
-    sampler = make_sampler(tc['fid_sampler'], diffusion)
     per = math.ceil(tc['fid_n_samples'] / world)
     shape = (dc['img_channels'], dc['img_size'], dc['img_size'])
     chunks = []
@@ -273,17 +366,11 @@ def training_fid(accelerator, ema_model, cfg) -> float:
         gen = torch.Generator(device).manual_seed(cfg['seed'] * 1000 + rank * 100 + b)
         noise = torch.randn((min(500, per - start), *shape), generator=gen, device=device)
         with accelerator.autocast():
-            x = sampler.sample(ema_model, noise, gen).float()
+            x = setup['sampler'].sample(ema_model, noise, gen).float()
         chunks.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
     images = accelerator.gather(torch.cat(chunks))[:tc['fid_n_samples']]
-    fid = float('nan')
-    if accelerator.is_main_process:
-        if tc['fid_ref_stats'] is not None:
-            ref = load_stats(tc['fid_ref_stats'])
-        else:
-            ref = reference_from_config(dc, 'train', weights_path=tc['fid_weights'], device=device)['stats']
-        fid = compute_fid(images, ref, weights_path=tc['fid_weights'], device=device, batch_size=250)
-    return fid
+    return on_main_process(accelerator, lambda: compute_fid(images, setup['ref'], weights_path=tc['fid_weights'],
+                                                            device=device, batch_size=250))
 
 
 if __name__ == '__main__':

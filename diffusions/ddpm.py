@@ -150,7 +150,9 @@ class DDPM:
     # ---------------------------------------------------------------- reverse process
     def predict(self, model: Model, x_t: Tensor, i: Tensor) -> Tuple[Tensor, Tensor]:
         """Run the network at step indices i (B,) and return (x0, ε), x0 clipped if clip_denoised."""
-        out = model(x_t, self.model_timesteps(i)).to(x_t.dtype)
+        # a copy: a CUDA-graphed model (torch.compile reduce-overhead) overwrites its output at the next call,
+        # and samplers keep x̂0 across steps
+        out = model(x_t, self.model_timesteps(i)).to(x_t.dtype, copy=True)
         x0, eps = self.pred_x0_eps(out, x_t, i)
         if self.clip_denoised:
             x0 = x0.clamp(-1, 1)

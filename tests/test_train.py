@@ -195,13 +195,14 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, image_dir):
            '-e', str(exp), '--train.n_steps', '100000', *over]
     p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (exp / 'output.log').exists() or 'model:' not in open(exp / 'output.log').read():
+    log = exp / 'output.log'
+    while time.time() < deadline and not (log.exists() and 'model:' in log.read_text()):
         time.sleep(0.2)
     time.sleep(2.0)
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert 'stopped by signal' in out
+    assert 'stopped by a signal' in out
     latest = open(exp / 'ckpt' / 'latest').read().strip()
     step = load(exp / 'ckpt' / latest, 'meta.pt')['step']
     assert step > 0 and latest == f'step{step:07d}'
@@ -224,3 +225,98 @@ def test_training_fid_is_logged(tmp_path, image_dir, weights):
     fid = float(line[0].split('fid ')[1])
     assert math.isfinite(fid) and fid > 0
     assert list((tmp_path / 'cache' / 'fid_stats').glob('*.npz'))        # the reference statistics were cached
+
+
+def worker_pids(exp):
+    """PIDs of the training processes (not the launcher) whose command line names `exp`."""
+    pids = []
+    for d in os.listdir('/proc'):
+        if d.isdigit():
+            try:
+                cmd = open(f'/proc/{d}/cmdline', 'rb').read().split(b'\0')
+            except OSError:
+                continue
+            text = b' '.join(cmd).decode(errors='replace')
+            if str(exp) in text and 'train_ddpm.py' in text and 'accelerate' not in text and 'torchrun' not in text:
+                pids.append(int(d))
+    return pids
+
+
+def test_signal_to_one_of_two_processes_saves_and_stops_both(tmp_path, image_dir):
+    """SIGTERM reaching only one rank: the ranks agree at the next logging step, save together and stop."""
+    exp = tmp_path / 'term2'
+    over = tiny(image_dir, **{'data.on_gpu': 'false', 'train.save_freq': 100000, 'train.print_freq': 2})
+    cmd = ['accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', '29617',
+           os.path.join(ROOT, 'train_ddpm.py'), '-c', os.path.join(ROOT, 'configs/ddpm_tiny.yaml'), '-e', str(exp),
+           '--train.n_steps', '100000', *over]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = exp / 'output.log', time.time() + 120
+    while time.time() < deadline and not (log.exists() and 'step 2:' in log.read_text()):
+        time.sleep(0.2)
+    pids = worker_pids(exp)
+    assert len(pids) == 2, pids
+    os.kill(pids[1], signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert 'stopped by a signal' in out, err[-3000:]
+    # the launcher reports the workers' exit status 143 with a traceback of its own; the workers raise nothing
+    assert 'collective' not in err.lower() and 'train_ddpm.py", line' not in err, err[-3000:]
+    latest = open(exp / 'ckpt' / 'latest').read().strip()
+    ck = exp / 'ckpt' / latest
+    assert {'rng_0.pt', 'rng_1.pt'} <= set(os.listdir(ck)) and load(ck, 'meta.pt')['step'] % 2 == 0
+
+
+def test_fid_settings_fail_at_start_on_every_process(tmp_path, image_dir):
+    launch = ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', '29619')
+    over = tiny(image_dir, **{'train.fid_freq': 2, 'train.fid_steps': 5, 'train.fid_weights': str(tmp_path / 'missing.pth')})
+    p = train(['-e', str(tmp_path / 'f'), '--train.n_steps', '4', *over], launcher=launch, check=False)
+    assert p.returncode != 0
+    errors = [l for l in p.stderr.splitlines() if l.startswith('error: ')]
+    assert len(errors) == 2 and all('train.fid_weights' in l and 'missing.pth' in l for l in errors), p.stderr[-3000:]
+    assert 'train_ddpm.py", line' not in p.stderr          # only the launcher's own report of the exit status
+    msg = one_line_error(train(['-e', str(tmp_path / 'g'), *tiny(image_dir, **{'train.fid_freq': 2, 'train.fid_steps': 50})],
+                               check=False))
+    assert 'train.fid_steps' in msg and 'skip_steps must be an integer in [1, 10]' in msg
+
+
+@pytest.mark.parametrize('override, expect', [
+    (('--train.print_freq', '0'), 'train.print_freq must be at least 1'),
+    (('--train.mixed_precision', 'bf17'), 'train.mixed_precision must be null, no, fp16 or bf16'),
+    (('--train.lr', '-1'), 'train.lr must be positive'),
+    (('--data.img_size', '9'), 'data.img_size 9 must be divisible by 2'),
+    (('--train.batch_size', '64'), 'the dataset has 48 images, fewer than one batch'),
+])
+def test_bad_values_are_one_line_and_create_nothing(tmp_path, image_dir, override, expect):
+    exp = tmp_path / 'bad'
+    msg = one_line_error(train(['-e', str(exp), '--train.n_steps', '2', *tiny(image_dir, **{'data.on_gpu': 'false'}),
+                                *override], check=False))
+    assert expect in msg
+    if override[0] != '--train.batch_size':          # the data check runs after the run folder exists
+        assert not exp.exists()
+
+
+def test_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path, image_dir):
+    exp = tmp_path / 'r'
+    train(['-e', str(exp), '--train.n_steps', '2', *tiny(image_dir)])
+    msg = one_line_error(train(['-e', str(exp), '--train.n_steps', '2', *tiny(image_dir)], check=False))
+    assert 'already holds checkpoints' in msg and '--train.resume latest' in msg
+
+
+def test_publish_prunes_only_older_checkpoints(tmp_path):
+    from utils import checkpoint as ckpt
+    root = tmp_path / 'ckpt'
+    root.mkdir()
+
+    def save(step):
+        tmp = ckpt.tmp_dir_for(str(root), step)
+        os.makedirs(tmp)
+        open(os.path.join(tmp, 'model.pt'), 'w').write(str(step))
+        ckpt.publish(str(root), step, keep=2)
+    for step in (2, 4, 6):
+        save(step)
+    assert sorted(os.listdir(root)) == ['latest', 'step0000004', 'step0000006']
+    save(3)                                # a run resumed from an older step: newer ones stay, the new one is kept
+    assert sorted(os.listdir(root)) == ['latest', 'step0000003', 'step0000004', 'step0000006']
+    assert open(root / 'latest').read().strip() == 'step0000003'
+    save(4)                                # the same step again replaces it whole; step 3 is the one kept before it
+    assert open(root / 'step0000004' / 'model.pt').read() == '4'
+    assert sorted(os.listdir(root)) == ['latest', 'step0000003', 'step0000004', 'step0000006']

@@ -36,17 +36,26 @@ def save_file(obj, path: str):
 
 
 def publish(ckpt_root: str, step: int, keep: int):
-    """Move the finished temporary folder of `step` into place, point `latest` at it, keep the newest `keep`."""
+    """Move the finished temporary folder of `step` into place, point `latest` at it, keep the newest `keep`.
+
+    Only checkpoints older than `step` are pruned: newer ones (left by a run resumed from an older step) are
+    never deleted, and neither is the one just written. Replacing an existing folder of the same step moves
+    the old one aside first, so the step's folder is always complete.
+    """
     final = os.path.join(ckpt_root, step_dir_name(step))
+    old = None
     if os.path.exists(final):
-        shutil.rmtree(final)
+        old = final + f'.old-{os.getpid()}'
+        os.replace(final, old)
     os.replace(tmp_dir_for(ckpt_root, step), final)
     with open(os.path.join(ckpt_root, 'latest.tmp'), 'w') as f:
         f.write(step_dir_name(step) + '\n')
     os.replace(os.path.join(ckpt_root, 'latest.tmp'), os.path.join(ckpt_root, 'latest'))
-    steps = sorted(int(m.group(1)) for d in os.listdir(ckpt_root) if (m := STEP_DIR.match(d)))
-    for old in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(os.path.join(ckpt_root, step_dir_name(old)), ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    older = sorted(int(m.group(1)) for d in os.listdir(ckpt_root) if (m := STEP_DIR.match(d)) and int(m.group(1)) < step)
+    for s in older[:max(len(older) - (keep - 1), 0)] if keep > 0 else []:
+        shutil.rmtree(os.path.join(ckpt_root, step_dir_name(s)), ignore_errors=True)
 
 
 def resolve(resume: str, exp_dir: Optional[str]) -> str:

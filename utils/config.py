@@ -54,6 +54,13 @@ def save_config(cfg: dict, path) -> None:
         raise
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one-line UserErrors (exit 2 through run_main) instead of usage dumps."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python {self.prog} --help)")
+
+
 def parse_args(parser: argparse.ArgumentParser, argv=None):
     """Parse ``argv`` with ``parser`` (which has ``-c/--config``) plus dotted config overrides.
 
