@@ -11,16 +11,16 @@ x/√ᾱ, √(1-ᾱ)/√ᾱ); η = 1 gives σ_i² = β̃_i, the DDPM posterior v
 (i = 0, ᾱ' = 1) returns x0 itself.
 """
 import math
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from utils.errors import UserError
-from .ddpm import DDPM, Model
+from .ddpm import DDPM, Model, Sampler
 
 
-class DDIM:
+class DDIM(Sampler):
     """DDIM sampler sharing the coefficient table of `ddpm` (its objective, clipping and timesteps).
 
     Args:
@@ -54,17 +54,3 @@ class DDIM:
         if self.sigma[i] > 0:
             x = x + self.sigma[i] * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         return x, x0
-
-    def sample_loop(self, model: Model, x_T: Tensor, generator: Optional[torch.Generator] = None
-                    ) -> Iterator[Tuple[Tensor, Tensor]]:
-        """Run the chain from x_T; yields (x_{i-1}, x̂0) after each of the S steps (the last x is the sample)."""
-        x = x_T
-        for i in reversed(range(self.num_steps)):
-            x, x0 = self.step(model, x, i, generator)
-            yield x, x0
-
-    def sample(self, model: Model, x_T: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """The final sample of the chain started at x_T."""
-        for x, _ in self.sample_loop(model, x_T, generator):
-            pass
-        return x

@@ -20,7 +20,30 @@ VAR_TYPES = ('fixed_large', 'fixed_small')
 Model = Callable[[Tensor, Tensor], Tensor]
 
 
-class DDPM:
+class Sampler:
+    """What every sampler offers: `sample_loop` yields (x, x̂0) after each step, `sample` returns the last x.
+
+    One-step samplers define `step(model, x_t, i, generator) -> (x_{i-1}, x̂0)`; multistep ones override
+    `sample_loop`.
+    """
+    num_steps: int
+
+    def sample_loop(self, model: Model, x_T: Tensor, generator: Optional[torch.Generator] = None
+                    ) -> Iterator[Tuple[Tensor, Tensor]]:
+        """Run the chain from x_T; yields (x_{i-1}, x̂0) after each of the S steps (the last x is the sample)."""
+        x = x_T
+        for i in reversed(range(self.num_steps)):
+            x, x0 = self.step(model, x, i, generator)
+            yield x, x0
+
+    def sample(self, model: Model, x_T: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The final sample of the chain started at x_T."""
+        for x, _ in self.sample_loop(model, x_T, generator):
+            pass
+        return x
+
+
+class DDPM(Sampler):
     """Gaussian diffusion with the tables of Ho et al. (eq. 4, 6, 7) and a DDPM reverse process.
 
     Args:
@@ -170,16 +193,4 @@ class DDPM:
         noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         return self.q_posterior_mean(x0, x_t, ii) + self.coef('sigmas', ii, x_t) * noise, x0
 
-    def sample_loop(self, model: Model, x_T: Tensor, generator: Optional[torch.Generator] = None
-                    ) -> Iterator[Tuple[Tensor, Tensor]]:
-        """Run the chain from x_T; yields (x_{i-1}, x̂0) after each of the S steps (the last x is the sample)."""
-        x = x_T
-        for i in reversed(range(self.num_steps)):
-            x, x0 = self.p_sample(model, x, i, generator)
-            yield x, x0
-
-    def sample(self, model: Model, x_T: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """The final sample x_0 of the chain started at x_T."""
-        for x, _ in self.sample_loop(model, x_T, generator):
-            pass
-        return x
+    step = p_sample     # the Sampler interface

@@ -20,10 +20,10 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .ddpm import DDPM, Model
+from .ddpm import DDPM, Model, Sampler
 
 
-class DPMSolverPP:
+class DPMSolverPP(Sampler):
     """DPM-Solver++(2M) sharing the coefficient table of `ddpm` (its objective, clipping and timesteps).
 
     Args:
@@ -65,9 +65,3 @@ class DPMSolverPP:
             x = (self.sigma[j] / self.sigma[i]) * x - (self.alpha[j] * math.expm1(-h)) * D
             prev_x0, h_prev = x0, h
             yield x, x0
-
-    def sample(self, model: Model, x_T: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """The final sample (x̂0 at the last step)."""
-        for x, _ in self.sample_loop(model, x_T, generator):
-            pass
-        return x
