@@ -1,0 +1,128 @@
+"""Where a training step's GPU time goes: torch.profiler over a few steps, kernels grouped by kind.
+
+    python bench/profile_step.py --config configs/ddpm_cifar10.yaml --mode fast --steps 20 --out OUT_DIR
+
+The step is the one `train_ddpm.py` runs (loss under autocast, backward, grad clip, fused Adam, foreach
+EMA), built from the same modules, on random uint8 data kept on the GPU; `--mode plain|fast` and the
+switches match `bench.py`'s modes. Prints the top kernels and the GPU time per kind (convolution, GEMM,
+normalisation, layout conversion, elementwise, optimizer/EMA, copies), and writes OUT_DIR/kernels.txt and a
+Chrome trace OUT_DIR/trace.json (open in chrome://tracing or Perfetto).
+"""
+import argparse
+import collections
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from datasets import DeviceLoader  # noqa: E402
+from diffusions import DDPM  # noqa: E402
+from models import EMA, build_model  # noqa: E402
+from utils.config import load_config  # noqa: E402
+
+KINDS = [  # (kind, substrings of the kernel name), first match wins
+    ('layout conversion', ('nchwToNhwc', 'nhwcToNchw', 'transpose', 'permute')),
+    ('convolution', ('conv', 'Conv', 'implicit_gemm', 'xmma_fprop', 'xmma_dgrad', 'xmma_wgrad', 'cudnn')),
+    ('GEMM / attention', ('gemm', 'Gemm', 'cutlass', 'sm90_xmma', 'flash', 'fmha', 'attention')),
+    ('normalisation', ('norm', 'Norm', 'welford', 'reduction')),
+    ('optimizer / EMA / clip', ('multi_tensor', 'foreach', 'adam', 'Adam', 'lerp')),
+    ('copies', ('Memcpy', 'memcpy', 'copy', 'Copy')),
+    ('elementwise / fused (triton)', ('triton', 'elementwise', 'vectorized', 'unrolled')),
+]
+
+
+def kind_of(name: str) -> str:
+    for kind, keys in KINDS:
+        if any(k in name for k in keys):
+            return kind
+    return 'other'
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config', default=os.path.join(ROOT, 'configs/ddpm_cifar10.yaml'))
+    p.add_argument('--mode', choices=('plain', 'fast'), default='fast')
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--compile-mode', default='reduce-overhead')
+    p.add_argument('--batch', type=int, default=128)
+    p.add_argument('--warmup', type=int, default=30, help='steps before profiling (compile, CUDA-graph recording)')
+    p.add_argument('--steps', type=int, default=20)
+    p.add_argument('--top', type=int, default=25)
+    p.add_argument('--out', default='profile')
+    args = p.parse_args()
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    cfg = load_config(args.config)
+    tc, dc = cfg['train'], cfg['data']
+    fast = args.mode == 'fast'
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+
+    images = torch.randint(0, 256, (10000, dc['img_channels'], dc['img_size'], dc['img_size']), dtype=torch.uint8)
+    loader = DeviceLoader(images, args.batch, dc['random_flip'], 0, device)
+    diffusion = DDPM.from_config(cfg['diffusion'])
+    model = build_model(cfg['model']).to(device).to(memory_format=fmt)
+    ema = EMA(model, tc['ema_decay'], tc['ema_warmup'])
+    opt = torch.optim.Adam(model.parameters(), lr=tc['lr'], fused=device.type == 'cuda')
+    net = torch.compile(model, mode=args.compile_mode) if fast else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast)
+    gen = torch.Generator(device).manual_seed(0)
+
+    def step():
+        x = next(loader).contiguous(memory_format=fmt)
+        t = torch.randint(0, diffusion.num_steps, (args.batch,), device=device, generator=gen)
+        noise = torch.randn(x.shape, device=device, generator=gen).contiguous(memory_format=fmt)
+        with autocast:
+            loss = diffusion.training_loss(net, x, t, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc['grad_clip'], foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(model)
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    t0 = time.time()
+    for _ in range(args.steps):
+        step()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    wall = (time.time() - t0) / args.steps
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(args.steps):
+            step()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    os.makedirs(args.out, exist_ok=True)
+    prof.export_chrome_trace(os.path.join(args.out, 'trace.json'))
+    # device time per kernel: events that ran on the GPU (self device time), summed by name
+    per_name = collections.Counter()
+    for e in prof.key_averages():
+        dev = getattr(e, 'self_device_time_total', None)
+        if dev is None:
+            dev = getattr(e, 'self_cuda_time_total', 0)
+        if dev and device.type == 'cuda':
+            per_name[e.key] += dev / args.steps / 1000          # ms per step
+    per_kind = collections.Counter()
+    for name, ms in per_name.items():
+        per_kind[kind_of(name)] += ms
+    total = sum(per_name.values())
+    lines = [f'{args.mode} mode, {args.config}, batch {args.batch}, channels_last {args.channels_last}: '
+             f'{wall * 1000:.1f} ms per step on the host clock ({1 / wall:.1f} steps/s), '
+             f'{total:.1f} ms of kernel time per step', '', 'GPU time per kind (ms per step):']
+    lines += [f'  {kind:32s} {ms:8.2f}  {ms / total:6.1%}' for kind, ms in per_kind.most_common()] if total else []
+    lines += ['', f'top {args.top} kernels (ms per step):']
+    lines += [f'  {ms:8.3f}  {name[:140]}' for name, ms in per_name.most_common(args.top)]
+    text = '\n'.join(lines)
+    with open(os.path.join(args.out, 'kernels.txt'), 'w') as f:
+        f.write(text + '\n\n' + prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=40))
+    print(text)
+
+
+if __name__ == '__main__':
+    main()
