@@ -117,6 +117,7 @@ def main():
     model = build_model(cfg['model']).to(device)
     log.info(f'model: {sum(p.numel() for p in model.parameters()):,} parameters')
     memory_format = torch.channels_last if tc['channels_last'] else torch.contiguous_format
+    torch.backends.cudnn.benchmark = tc['cudnn_benchmark']
     model = model.to(memory_format=memory_format)
     ema = EMA(model, tc['ema_decay'], tc['ema_warmup'])
     optimizer = torch.optim.Adam(model.parameters(), lr=tc['lr'], betas=tuple(tc['adam_betas']),

@@ -46,6 +46,7 @@ MODES = {
     'fast': FAST,                                                   # the recommended setting
     'fast-cl': dict(FAST, **{'train.channels_last': 'true'}),      # variants, to measure each switch
     'fast-nographs': dict(FAST, **{'train.compile_mode': 'default'}),
+    'fast-cudnn': dict(FAST, **{'train.cudnn_benchmark': 'true'}),
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
 }
 
@@ -97,19 +98,27 @@ def summarize_training(windows):
             'windows': len(timed)}
 
 
+SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark
+    'plain': ('fp32', None, torch.contiguous_format, False),
+    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False),
+    'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False),
+    'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True),
+    'fast-autotune': ('bf16', 'max-autotune', torch.contiguous_format, False),   # Triton conv/GEMM templates too
+}
+
+
 @torch.no_grad()
 def time_sampling(cfg, mode, batch, steps, device):
     """Seconds per reverse step of the full-T chain at `batch` images (median over 3 repeats)."""
-    model = build_model(cfg['model']).to(device).eval()
+    precision, compile_mode, fmt, cudnn_bench = SAMPLE_MODES[mode]
+    torch.backends.cudnn.benchmark = cudnn_bench
+    model = build_model(cfg['model']).to(device).eval().to(memory_format=fmt)
     diffusion = DDPM.from_config(cfg['diffusion'])
     shape = (batch, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
-    fast = mode == 'fast'
-    fmt = torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    net = torch.compile(model, mode='reduce-overhead') if fast else model
+    net = torch.compile(model, mode=compile_mode) if compile_mode else model
     x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
     g = torch.Generator(device).manual_seed(0)
-    ctx = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if fast else torch.no_grad
+    ctx = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
 
     def run(n, x):
         for i in range(diffusion.num_steps - 1, diffusion.num_steps - 1 - n, -1):
@@ -125,6 +134,7 @@ def time_sampling(cfg, mode, batch, steps, device):
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1000 / steps)
+    torch.backends.cudnn.benchmark = False
     return statistics.median(times)
 
 
@@ -195,7 +205,7 @@ def main():
     p.add_argument('--sample-steps', type=int, default=20)
     p.add_argument('--only', default='', help='comma list of parts: matmul,train,real,sample')
     p.add_argument('--modes', default='plain,fast', help=f'training modes, of {list(MODES)}')
-    p.add_argument('--sample-modes', default='plain,fast')
+    p.add_argument('--sample-modes', default='plain,fast', help=f'sampling modes, of {list(SAMPLE_MODES)}')
     p.add_argument('--configs', default='cifar10,mnist')
     p.add_argument('--skip', default='', help='comma list of config/mode training runs to leave out, e.g. cifar10/plain')
     p.add_argument('--mnist-root', default=None,
