@@ -92,9 +92,9 @@ class DDPM(Sampler):
         else:
             std = (0.5 * table['posterior_log_variance_clipped']).exp()
         table['sigmas'] = torch.where(torch.arange(self.num_steps) == 0, torch.zeros_like(std), std)
-        table['timesteps'] = self.timesteps
         self.table = table
         self._device_tables = {}
+        self._device_timesteps = {}
 
     @classmethod
     def from_config(cls, cfg: dict, var_type: Optional[str] = None, skip_type: Optional[str] = None,
@@ -123,7 +123,9 @@ class DDPM(Sampler):
 
     def model_timesteps(self, i: Tensor) -> Tensor:
         """Network timesteps (B,) int64 for chain step indices i (B,)."""
-        return self._tables_on(i.device, torch.int64)['timesteps'][i]
+        if i.device not in self._device_timesteps:
+            self._device_timesteps[i.device] = self.timesteps.to(i.device)
+        return self._device_timesteps[i.device][i]
 
     # ---------------------------------------------------------------- forward process
     def q_sample(self, x0: Tensor, i: Tensor, noise: Tensor) -> Tensor:
