@@ -193,7 +193,6 @@ def main():
     model.train()
     loss_sum = torch.zeros((), device=device)      # summed on the device, read at print_freq only
     nonfinite = torch.zeros((), device=device)     # 1 once a loss or gradient norm was inf/nan; read before saves
-    grad_norm = torch.zeros((), device=device)
     skip_on_overflow = accelerator.scaler is not None   # fp16: the scaler skips steps with inf gradients by design
     n_micro = batch // micro
     t_last, step_last = time.time(), step
