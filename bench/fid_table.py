@@ -9,7 +9,8 @@ Each row runs the real `sample_ddpm.py` (through `--launch`, so on any number of
 OUT_DIR/ROW/, then scores OUT_DIR/ROW/samples.npz with `utils.fid.compute_fid` against the reference
 statistics. Rows already sampled are resumed or skipped by the sampler itself, so an interrupted table
 continues where it stopped. Writes OUT_DIR/fid_table.json and OUT_DIR/fid_table.md. Config overrides
-(`--key.sub value`) are passed on to the sampler.
+(`--key.sub value`) are passed on to the sampler. `--stage sample` runs only the samplers (e.g. one process per
+GPU, each with its own `--rows`, all into one OUT_DIR); `--stage score` then scores what they wrote.
 
 ROWS is a comma list of SAMPLER:VAR_TYPE:STEPS (VAR_TYPE '-' for DDIM / DPM-Solver++); the default is the
 paper's table plus the fast samplers: fixed_large and fixed_small at 1000/100/50/10 steps, DDIM (eta 0)
@@ -63,6 +64,32 @@ def sample_command(args, overrides, row, total_steps, out):
     return cmd
 
 
+def sample_row(args, overrides, row, total_steps):
+    """Run one row's sampler; record its command and wall time in OUT_DIR/ROW/sample_log.json."""
+    out = os.path.join(args.out_dir, row['name'])
+    cmd = sample_command(args, overrides, row, total_steps, out)
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ['(no output)'])[-1]
+        raise UserError(f"sampling row {row['name']} failed: {tail}")
+    cmd, seconds = ' '.join(shlex.quote(c) for c in cmd), time.time() - t0
+    with open(os.path.join(out, 'sample_log.json'), 'w') as f:
+        json.dump({'command': cmd, 'seconds': seconds}, f)
+    print(f"{row['name']:28s} sampled in {seconds:6.1f} s", flush=True)
+    return cmd, seconds
+
+
+def read_sample_log(out):
+    path = os.path.join(out, 'sample_log.json')
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(out, 'samples.npz')):
+        raise UserError(f"--stage score: {out} has no finished samples (samples.npz and sample_log.json); "
+                        f"run the row with --stage sample or all first")
+    with open(path) as f:
+        log = json.load(f)
+    return log['command'], log['seconds']
+
+
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-c', '--config', required=True)
@@ -80,36 +107,42 @@ def main(argv=None):
     p.add_argument('--launch', default=sys.executable, help='how to start sample_ddpm.py, e.g. "accelerate launch '
                                                             '--multi_gpu --num_processes 2 --mixed_precision bf16"')
     p.add_argument('--compile', default=None, help='passed to sample_ddpm.py --compile (e.g. reduce-overhead)')
+    p.add_argument('--stage', choices=('all', 'sample', 'score'), default='all',
+                   help="sample: only run the samplers (no Inception needed, e.g. one process per GPU, each with "
+                        "its own --rows); score: only score the OUT_DIR/ROW/samples.npz already there; all: both")
     args, overrides = p.parse_known_args(argv)
     from utils.fid import check_weights, compute_fid, load_stats, reference_from_config
     import numpy as np
     import torch
 
-    check_weights(args.feature_extractor_weights)
     total_steps = apply_overrides(load_config(args.config), overrides)['diffusion']['total_steps']
     rows = parse_rows(args.rows, total_steps)
+    os.makedirs(args.out_dir, exist_ok=True)
+    if args.stage == 'sample':
+        for row in rows:
+            sample_row(args, overrides, row, total_steps)
+        return
+    check_weights(args.feature_extractor_weights)
     if args.ref_stats:
         ref = load_stats(args.ref_stats, args.dims)
     else:
         ref = reference_from_config(load_config(args.ref_config)['data'], 'train', args.feature_extractor_weights,
                                     dims=args.dims)['stats']
-    os.makedirs(args.out_dir, exist_ok=True)
     results = []
     for row in rows:
         out = os.path.join(args.out_dir, row['name'])
-        cmd = sample_command(args, overrides, row, total_steps, out)
-        t0 = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ['(no output)'])[-1]
-            raise UserError(f"sampling row {row['name']} failed: {tail}")
-        sample_s = time.time() - t0
+        if args.stage == 'all':
+            cmd, sample_s = sample_row(args, overrides, row, total_steps)
+        else:
+            cmd, sample_s = read_sample_log(out)
         with np.load(os.path.join(out, 'samples.npz')) as f:
             images = torch.from_numpy(f['arr_0']).permute(0, 3, 1, 2).contiguous()
+        if len(images) != args.n_samples:
+            raise UserError(f"{out}/samples.npz holds {len(images)} images, not --n-samples {args.n_samples}")
         t0 = time.time()
         fid = compute_fid(images, ref, weights_path=args.feature_extractor_weights, batch_size=250, dims=args.dims)
         results.append(dict(row, fid=fid, n_samples=len(images), sample_seconds=sample_s, fid_seconds=time.time() - t0,
-                            command=' '.join(shlex.quote(c) for c in cmd)))
+                            command=cmd))
         print(f"{row['name']:28s} FID {fid:8.3f}   (sampling {sample_s:6.1f} s)", flush=True)
     summary = {'config': args.config, 'weights': args.weights, 'reference': args.ref_stats or args.ref_config,
                'feature_extractor_weights': args.feature_extractor_weights, 'dims': args.dims, 'rows': results}

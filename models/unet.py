@@ -31,9 +31,32 @@ def timestep_embedding(t, dim):
     return emb
 
 
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that also reads channels_last activations in place.
+
+    For an NCHW-contiguous x this is nn.GroupNorm. For a channels_last x (memory laid out as NHWC) the
+    groups are normalised on a free NHWC view, (B, H*W, groups, C/groups), with float32 statistics, and the
+    result keeps x's dtype and layout. nn.GroupNorm's kernels (and torch.compile's lowering of them) read
+    NCHW, so a channels_last network otherwise pays an NHWC -> NCHW -> NHWC round trip at every norm.
+    Same parameters and state_dict either way; the two paths agree to float rounding.
+    """
+
+    def forward(self, x):
+        if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        B, C, H, W = x.shape
+        acc = torch.promote_types(x.dtype, torch.float32)          # statistics in float32 at least
+        xg = x.permute(0, 2, 3, 1).reshape(B, H * W, self.num_groups, C // self.num_groups).to(acc)
+        var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, correction=0)
+        y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(B, H, W, C)
+        if self.affine:
+            y = y * self.weight.to(acc) + self.bias.to(acc)
+        return y.to(x.dtype).permute(0, 3, 1, 2)      # (B, C, H, W) view of NHWC memory: channels_last
+
+
 def norm(channels, groups):
     """GroupNorm with the reference's epsilon."""
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResBlock(nn.Module):

@@ -49,6 +49,32 @@ def test_fid_table_rows_and_resume(tmp_path, ckpt_dir, weights, one_thread):
     assert os.path.getmtime(tmp_path / 'table' / 'ddim-5' / '000000.png') == before and npz.is_file()
 
 
+def test_fid_table_in_stages(tmp_path, ckpt_dir, weights, one_thread):
+    # rows sampled by separate `--stage sample` runs (as one process per GPU would), then scored together,
+    # give the same table as one `--stage all` run; scoring a row that was never sampled is a one-line error
+    from utils.errors import UserError
+    g = torch.Generator().manual_seed(1)
+    ref = F.features_to_stats(F.extract_features(F.Uint8Images((torch.rand(12, 1, 8, 8, generator=g) * 255).to(
+        torch.uint8)), ('64',), weights['random'], 'cpu')['64'])
+    F.save_stats(tmp_path / 'ref.npz', ref)
+    common = ['-c', CONFIG, '--weights', ckpt_dir, '--ref-stats', str(tmp_path / 'ref.npz'),
+              '--feature-extractor-weights', weights['random'], '--dims', '64', '--n-samples', '4',
+              '--micro-batch', '2', *TINY]
+    rows = 'ddim:-:3,ddpm:fixed_small:4'
+    fid_table.main(common + ['--out-dir', str(tmp_path / 'one'), '--rows', rows])
+    for row in rows.split(','):
+        fid_table.main(common + ['--out-dir', str(tmp_path / 'staged'), '--rows', row, '--stage', 'sample',
+                                 '--feature-extractor-weights', str(tmp_path / 'not-needed-to-sample.pth')])
+    assert not (tmp_path / 'staged' / 'fid_table.json').exists()
+    fid_table.main(common + ['--out-dir', str(tmp_path / 'staged'), '--rows', rows, '--stage', 'score'])
+    one = json.load(open(tmp_path / 'one' / 'fid_table.json'))['rows']
+    staged = json.load(open(tmp_path / 'staged' / 'fid_table.json'))['rows']
+    assert [r['fid'] for r in staged] == pytest.approx([r['fid'] for r in one], rel=1e-6)
+    assert [r['command'].split('--save_dir')[0] for r in staged] == [r['command'].split('--save_dir')[0] for r in one]
+    with pytest.raises(UserError, match='no finished samples'):
+        fid_table.main(common + ['--out-dir', str(tmp_path / 'staged'), '--rows', 'ddim:-:2', '--stage', 'score'])
+
+
 def test_bad_rows_are_one_line(tmp_path, ckpt_dir, weights):
     from utils.errors import UserError
     with pytest.raises(UserError, match='not SAMPLER:VAR_TYPE:STEPS'):

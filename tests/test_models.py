@@ -9,7 +9,7 @@ import torch.nn as nn
 import yaml
 
 from models import EMA, UNet, build_model
-from models.unet import timestep_embedding
+from models.unet import GroupNorm, timestep_embedding
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +101,34 @@ def test_channels_last_matches_contiguous():
         out = model_cl(x.to(memory_format=torch.channels_last), t)
     assert ref.abs().max() > 1e-3  # not trivially zero
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_group_norm_reads_channels_last_natively():
+    # The NHWC path against the textbook formula in float64: per (sample, group) mean and biased variance
+    # over C/groups channels x H x W; same values and gradients as the NCHW path; the layout is kept.
+    torch.manual_seed(0)
+    gn = GroupNorm(4, 12, eps=1e-6).double()
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(3, 12, 5, 7, dtype=torch.float64) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out = gn(x)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    g = x.detach().reshape(3, 4, 3 * 5 * 7)
+    mean, var = g.mean(-1, keepdim=True), g.var(-1, unbiased=False, keepdim=True)
+    ref = ((g - mean) / torch.sqrt(var + 1e-6)).reshape(3, 12, 5, 7) * gn.weight[:, None, None] + gn.bias[:, None, None]
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    xc = x.detach().contiguous().requires_grad_(True)
+    w = torch.randn(3, 12, 5, 7, dtype=torch.float64)
+    (out * w).sum().backward()
+    (nn.functional.group_norm(xc, 4, gn.weight, gn.bias, 1e-6) * w).sum().backward()
+    torch.testing.assert_close(x.grad, xc.grad, atol=1e-12, rtol=1e-12)
+    # bf16 in, bf16 out (statistics in float32), close to the float32 result
+    xb = x.detach().float().to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    outb = GroupNorm(4, 12, eps=1e-6)(xb)
+    assert outb.dtype == torch.bfloat16
+    torch.testing.assert_close(outb.float(), nn.functional.group_norm(xb.float(), 4, eps=1e-6), atol=2e-2, rtol=2e-2)
 
 
 def test_eval_is_deterministic_and_train_uses_dropout():
