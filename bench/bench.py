@@ -47,6 +47,7 @@ MODES = {
     'fast-cl': dict(FAST, **{'train.channels_last': 'true'}),      # variants, to measure each switch
     'fast-nographs': dict(FAST, **{'train.compile_mode': 'default'}),
     'fast-cudnn': dict(FAST, **{'train.cudnn_benchmark': 'true'}),
+    'fast-cl-cudnn': dict(FAST, **{'train.channels_last': 'true', 'train.cudnn_benchmark': 'true'}),
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
 }
 
@@ -103,6 +104,7 @@ SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format,
     'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False),
     'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False),
     'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True),
+    'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True),
     'fast-autotune': ('bf16', 'max-autotune', torch.contiguous_format, False),   # Triton conv/GEMM templates too
 }
 

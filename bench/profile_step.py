@@ -1,6 +1,7 @@
 """Where a training step's GPU time goes: torch.profiler over a few steps, kernels grouped by kind.
 
     python bench/profile_step.py --config configs/ddpm_cifar10.yaml --mode fast --steps 20 --out OUT_DIR
+    python bench/profile_step.py --what sample --batch 500 --out OUT_DIR    # one sampling forward instead
 
 The step is the one `train_ddpm.py` runs (loss under autocast, backward, grad clip, fused Adam, foreach
 EMA), built from the same modules, on random uint8 data kept on the GPU; `--mode plain|fast` and the
@@ -36,6 +37,8 @@ KINDS = [  # (kind, substrings of the kernel name), first match wins
 
 
 def kind_of(name: str) -> str:
+    if name.startswith('triton_'):      # inductor's kernels: named after the ops they fuse, so sort by type
+        return 'reductions, triton (norms)' if name.startswith(('triton_red', 'triton_per')) else 'elementwise, triton'
     for kind, keys in KINDS:
         if any(k in name for k in keys):
             return kind
@@ -48,6 +51,9 @@ def main():
     p.add_argument('--mode', choices=('plain', 'fast'), default='fast')
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--compile-mode', default='reduce-overhead')
+    p.add_argument('--what', choices=('train', 'sample'), default='train',
+                   help='train: one training step; sample: one no-grad forward of the EMA-style eval model')
+    p.add_argument('--cudnn-benchmark', action='store_true')
     p.add_argument('--batch', type=int, default=128)
     p.add_argument('--warmup', type=int, default=30, help='steps before profiling (compile, CUDA-graph recording)')
     p.add_argument('--steps', type=int, default=20)
@@ -59,6 +65,7 @@ def main():
     tc, dc = cfg['train'], cfg['data']
     fast = args.mode == 'fast'
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
     images = torch.randint(0, 256, (10000, dc['img_channels'], dc['img_size'], dc['img_size']), dtype=torch.uint8)
     loader = DeviceLoader(images, args.batch, dc['random_flip'], 0, device)
@@ -70,7 +77,7 @@ def main():
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast)
     gen = torch.Generator(device).manual_seed(0)
 
-    def step():
+    def train_step():
         x = next(loader).contiguous(memory_format=fmt)
         t = torch.randint(0, diffusion.num_steps, (args.batch,), device=device, generator=gen)
         noise = torch.randn(x.shape, device=device, generator=gen).contiguous(memory_format=fmt)
@@ -82,6 +89,18 @@ def main():
         opt.zero_grad(set_to_none=True)
         ema.update(model)
 
+    x_eval = torch.randn(args.batch, dc['img_channels'], dc['img_size'], dc['img_size'], device=device)
+    x_eval = x_eval.contiguous(memory_format=fmt)
+
+    @torch.no_grad()
+    def sample_step():          # what one reverse step costs: the network forward at the sampling batch
+        t = torch.randint(0, diffusion.num_steps, (args.batch,), device=device, generator=gen)
+        with autocast:
+            net(x_eval, t)
+
+    if args.what == 'sample':
+        model.eval()
+    step = sample_step if args.what == 'sample' else train_step
     for _ in range(args.warmup):
         step()
     if device.type == 'cuda':
@@ -112,7 +131,8 @@ def main():
     for name, ms in per_name.items():
         per_kind[kind_of(name)] += ms
     total = sum(per_name.values())
-    lines = [f'{args.mode} mode, {args.config}, batch {args.batch}, channels_last {args.channels_last}: '
+    lines = [f'{args.what}, {args.mode} mode, compile {args.compile_mode}, {args.config}, batch {args.batch}, '
+             f'channels_last {args.channels_last}, cudnn.benchmark {args.cudnn_benchmark}: '
              f'{wall * 1000:.1f} ms per step on the host clock ({1 / wall:.1f} steps/s), '
              f'{total:.1f} ms of kernel time per step', '', 'GPU time per kind (ms per step):']
     lines += [f'  {kind:32s} {ms:8.2f}  {ms / total:6.1%}' for kind, ms in per_kind.most_common()] if total else []
