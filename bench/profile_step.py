@@ -121,12 +121,15 @@ def main():
     prof.export_chrome_trace(os.path.join(args.out, 'trace.json'))
     # device time per kernel: events that ran on the GPU (self device time), summed by name
     per_name = collections.Counter()
+    # only events that ran on the GPU (kernels, memcpy/memset): operator and graph annotations on the host side
+    # also carry the device time of the kernels below them, and counting them would count those kernels twice
     for e in prof.key_averages():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
         dev = getattr(e, 'self_device_time_total', None)
         if dev is None:
             dev = getattr(e, 'self_cuda_time_total', 0)
-        if dev and device.type == 'cuda':
-            per_name[e.key] += dev / args.steps / 1000          # ms per step
+        per_name[e.key] += dev / args.steps / 1000          # ms per step
     per_kind = collections.Counter()
     for name, ms in per_name.items():
         per_kind[kind_of(name)] += ms

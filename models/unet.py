@@ -100,8 +100,11 @@ class AttnBlock(nn.Module):
         B, C, H, W = x.shape
         # (B, C, H, W) -> (B, H*W, C); reshape, not view: x may be channels_last.
         h = self.norm(x).reshape(B, C, H * W).transpose(1, 2)
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
-        h = self.proj_out(F.scaled_dot_product_attention(q, k, v))  # softmax(q k^T / sqrt(C)) v
+        q, k, v = self.qkv(h)[:, None].chunk(3, dim=-1)              # each (B, 1 head, H*W, C)
+        # softmax(q k^T / sqrt(C)) v. The head axis matters: SDPA's fused kernels (flash, memory-efficient) take
+        # 4-D inputs only, and with 3-D ones it falls back to its math path, which runs bf16 inputs as float32
+        # matmuls without tensor cores (bench/NOTES.md, attempt 4: 16% of a bf16 sampling forward on an H100).
+        h = self.proj_out(F.scaled_dot_product_attention(q, k, v)[:, 0])
         return x + h.transpose(1, 2).reshape(B, C, H, W)
 
 
