@@ -26,9 +26,10 @@ from models import EMA, build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 KINDS = [  # (kind, substrings of the kernel name), first match wins
+    ('GEMM / attention', ('sdpa', 'flash', 'fmha', 'attention', 'nvjet')),   # before 'cudnn': cuDNN runs SDPA too
     ('layout conversion', ('nchwToNhwc', 'nhwcToNchw', 'transpose', 'permute')),
     ('convolution', ('conv', 'Conv', 'implicit_gemm', 'xmma_fprop', 'xmma_dgrad', 'xmma_wgrad', 'cudnn')),
-    ('GEMM / attention', ('gemm', 'Gemm', 'cutlass', 'sm90_xmma', 'flash', 'fmha', 'attention')),
+    ('GEMM', ('gemm', 'Gemm', 'cutlass', 'sm90_xmma')),
     ('normalisation', ('norm', 'Norm', 'welford', 'reduction')),
     ('optimizer / EMA / clip', ('multi_tensor', 'foreach', 'adam', 'Adam', 'lerp')),
     ('copies', ('Memcpy', 'memcpy', 'copy', 'Copy')),

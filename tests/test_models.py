@@ -9,7 +9,7 @@ import torch.nn as nn
 import yaml
 
 from models import EMA, UNet, build_model
-from models.unet import GroupNorm, timestep_embedding
+from models.unet import AttnBlock, GroupNorm, timestep_embedding
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,6 +129,27 @@ def test_group_norm_reads_channels_last_natively():
     outb = GroupNorm(4, 12, eps=1e-6)(xb)
     assert outb.dtype == torch.bfloat16
     torch.testing.assert_close(outb.float(), nn.functional.group_norm(xb.float(), 4, eps=1e-6), atol=2e-2, rtol=2e-2)
+
+
+def test_attention_block_formula_and_4d_sdpa(monkeypatch):
+    # x + proj_out(softmax(q k^T / sqrt(C)) v) over the H*W tokens of GroupNorm(x), checked in float64; and SDPA
+    # gets 4-D (B, heads, tokens, C) inputs, the only shape its fused GPU kernels take (3-D falls back to the
+    # float32 math path: bench/NOTES.md, attempt 4)
+    torch.manual_seed(0)
+    blk = AttnBlock(16, 4).double()
+    for p in blk.parameters():
+        nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 16, 3, 5, dtype=torch.float64)
+    dims = []
+    sdpa = nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(nn.functional, 'scaled_dot_product_attention', lambda q, k, v: dims.append(q.dim()) or sdpa(q, k, v))
+    out = blk(x)
+    assert dims == [4]
+    h = nn.functional.group_norm(x, 4, blk.norm.weight, blk.norm.bias, 1e-6).reshape(2, 16, 15).transpose(1, 2)
+    q, k, v = (h @ w.T + b for w, b in zip(blk.qkv.weight.chunk(3), blk.qkv.bias.chunk(3)))
+    a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(16), dim=-1) @ v
+    ref = x + (a @ blk.proj_out.weight.T + blk.proj_out.bias).transpose(1, 2).reshape(2, 16, 3, 5)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
 
 
 def test_eval_is_deterministic_and_train_uses_dropout():
