@@ -13,8 +13,9 @@ CUDA-event timing) and extrapolated to the 1000-step chain and to a 100-step ski
 
 plain = eager fp32, NCHW, DataLoader workers (the repo's own baseline).
 fast  = the recommended setting: data on the GPU, bf16 autocast, torch.compile with CUDA graphs
-        (mode reduce-overhead), NCHW (channels_last measured slower, see NOTES.md). Variants (fast-cl,
-        fast-nographs, eager-bf16) each change one switch, to measure what it is worth.
+        (mode reduce-overhead), NCHW (channels_last measured no faster, see NOTES.md). Variants (fast-cl,
+        fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt: inductor's coordinate-descent tuning, eager-bf16)
+        each change one or two switches, to measure what they are worth.
 """
 import argparse
 import gzip
@@ -49,7 +50,9 @@ MODES = {
     'fast-cudnn': dict(FAST, **{'train.cudnn_benchmark': 'true'}),
     'fast-cl-cudnn': dict(FAST, **{'train.channels_last': 'true', 'train.cudnn_benchmark': 'true'}),
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
+    'fast-cdt': FAST,           # + inductor's coordinate-descent tuning of its Triton kernels (MODE_ENV)
 }
+MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
 
 
 def write_fake_cifar(root, n=50000):
@@ -80,7 +83,7 @@ def run_training(config, data_root, mode, steps, print_freq, exp_dir, extra=(), 
     args = [x for k, v in over.items() for x in (f'--{k}', str(v))]
     cmd = [*launcher, os.path.join(ROOT, 'train_ddpm.py'), '-c', config, '-e', exp_dir, *args, *extra]
     t0 = time.time()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **MODE_ENV.get(mode, {})))
     if p.returncode != 0:
         raise RuntimeError(f'{" ".join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}')
     windows = []
@@ -99,20 +102,27 @@ def summarize_training(windows):
             'windows': len(timed)}
 
 
-SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark
+SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark[, inductor options]
     'plain': ('fp32', None, torch.contiguous_format, False),
     'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False),
     'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False),
     'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True),
     'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True),
     'fast-autotune': ('bf16', 'max-autotune', torch.contiguous_format, False),   # Triton conv/GEMM templates too
+    'fast-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'coordinate_descent_tuning': True}),
 }
 
 
 @torch.no_grad()
 def time_sampling(cfg, mode, batch, steps, device):
     """Seconds per reverse step of the full-T chain at `batch` images (median over 3 repeats)."""
-    precision, compile_mode, fmt, cudnn_bench = SAMPLE_MODES[mode]
+    import torch._inductor.config
+    precision, compile_mode, fmt, cudnn_bench, *inductor = SAMPLE_MODES[mode]
+    with torch._inductor.config.patch(**(inductor[0] if inductor else {})):   # options in force while compiling
+        return _time_sampling(cfg, precision, compile_mode, fmt, cudnn_bench, batch, steps, device)
+
+
+def _time_sampling(cfg, precision, compile_mode, fmt, cudnn_bench, batch, steps, device):
     torch.backends.cudnn.benchmark = cudnn_bench
     model = build_model(cfg['model']).to(device).eval().to(memory_format=fmt)
     diffusion = DDPM.from_config(cfg['diffusion'])
