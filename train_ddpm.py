@@ -46,6 +46,9 @@ def check_config(cfg):
     for key in ('lr', 'grad_clip'):
         if not tc[key] > 0:
             raise UserError(f"train.{key} must be positive, got {tc[key]}")
+    if tc['compile_force_layout_opt'] and not tc['compile']:
+        raise UserError("train.compile_force_layout_opt applies to the compiled model; set train.compile true "
+                        "or leave it false")
     if tc['mixed_precision'] not in (None, False, 'no', 'fp16', 'bf16'):
         raise UserError(f"train.mixed_precision must be null, no, fp16 or bf16, got {tc['mixed_precision']!r}")
     levels = len(mp['dim_mults'])
@@ -125,6 +128,12 @@ def main():
     warmup = max(tc['warmup_steps'], 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     if tc['compile']:
+        if tc['compile_force_layout_opt']:
+            # Inductor converts a conv-heavy graph to channels_last internally unless a heuristic says no; for this
+            # UNet it says no for the training graph (the up path's convs halve their channels), and cuDNN then
+            # converts NCHW <-> NHWC around every convolution (bench/NOTES.md, attempt 4: 21% of a step's GPU time)
+            import torch._inductor.config as inductor_config
+            inductor_config.force_layout_optimization = True
         model = torch.compile(model, mode=tc['compile_mode'])
     model, optimizer = accelerator.prepare(model, optimizer)
 

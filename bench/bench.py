@@ -14,7 +14,8 @@ CUDA-event timing) and extrapolated to the 1000-step chain and to a 100-step ski
 plain = eager fp32, NCHW, DataLoader workers (the repo's own baseline).
 fast  = the recommended setting: data on the GPU, bf16 autocast, torch.compile with CUDA graphs
         (mode reduce-overhead), NCHW (channels_last measured no faster, see NOTES.md). Variants (fast-cl,
-        fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt: inductor's coordinate-descent tuning, eager-bf16)
+        fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt: inductor's coordinate-descent tuning, fast-layout:
+        inductor's channels_last layout optimization forced on, eager-bf16)
         each change one or two switches, to measure what they are worth.
 """
 import argparse
@@ -51,6 +52,7 @@ MODES = {
     'fast-cl-cudnn': dict(FAST, **{'train.channels_last': 'true', 'train.cudnn_benchmark': 'true'}),
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
     'fast-cdt': FAST,           # + inductor's coordinate-descent tuning of its Triton kernels (MODE_ENV)
+    'fast-layout': dict(FAST, **{'train.compile_force_layout_opt': 'true'}),   # convs channels_last in the graph
 }
 MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
 
