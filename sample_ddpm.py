@@ -30,7 +30,7 @@ from diffusions import DDPM, SAMPLERS, SKIP_TYPES, VAR_TYPES, make_sampler
 from models import build_model
 from utils import checkpoint as ckpt
 from utils import images
-from utils.config import ArgumentParser, parse_args
+from utils.config import SHIPPED, ArgumentParser, parse_args
 from utils.errors import UserError, run_main
 
 MODES = ('sample', 'denoise', 'progressive')
@@ -143,7 +143,7 @@ def check_settings(path: str, settings: dict):
 
 
 def main(argv=None):
-    args, cfg = parse_args(get_parser(), argv)
+    args, cfg = parse_args(get_parser(), argv, reference=SHIPPED)
     args.load_ema = str2bool(args.load_ema)
     check_args(args)
     seed = cfg['seed'] if args.seed is None else args.seed

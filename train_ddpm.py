@@ -23,7 +23,7 @@ from diffusions import DDPM
 from models import EMA, build_model
 from models.ema import unwrap
 from utils import checkpoint as ckpt
-from utils.config import ArgumentParser, parse_args, save_config
+from utils.config import SHIPPED, ArgumentParser, parse_args, save_config
 from utils.errors import UserError, run_main
 from utils.logger import Logger
 
@@ -61,7 +61,7 @@ def check_config(cfg):
 
 
 def main():
-    args, cfg = parse_args(get_parser())
+    args, cfg = parse_args(get_parser(), reference=SHIPPED)
     check_config(cfg)
     tc = cfg['train']
 

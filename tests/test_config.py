@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from utils.config import apply_overrides, load_config, parse_args, save_config
+from utils.config import SHIPPED, apply_overrides, check_keys, load_config, parse_args, save_config
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,3 +138,26 @@ def test_parse_args(tmp_path):
     assert args.out == "o" and cfg["train"]["lr"] == 1e-4 and cfg["data"]["random_flip"] is False
     with pytest.raises(UserError, match="unexpected argument 'stray'"):
         parse_args(parser, ["-c", str(path), "stray"])
+
+
+def test_config_keys_checked_against_the_shipped_ones(tmp_path):
+    for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))):
+        check_keys(load_config(p), p)                     # all shipped configs share one set of keys
+    cfg = load_config(SHIPPED)
+    old = tmp_path / "old.yaml"                           # written before a key existed
+    del cfg["train"]["cudnn_benchmark"], cfg["train"]["fid_steps"]
+    save_config(cfg, old)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-c", "--config")
+    with pytest.raises(UserError) as e:                   # checked before the overrides are applied
+        parse_args(parser, ["-c", str(old), "--train.lr", "1e-4"], reference=SHIPPED)
+    msg = str(e.value)
+    assert "lacks train.cudnn_benchmark, train.fid_steps" in msg and "older version" in msg and "\n" not in msg
+    cfg = load_config(SHIPPED)
+    cfg["train"]["lrr"] = cfg["train"].pop("lr")          # a typo in the file: overrides cannot catch it
+    cfg["model"]["params"]["anything"] = 1                # model.params is build_model's to check
+    typo = tmp_path / "typo.yaml"
+    save_config(cfg, typo)
+    with pytest.raises(UserError, match=r"unknown key\(s\) train.lrr; did you mean train.lr\?$"):
+        parse_args(parser, ["-c", str(typo)], reference=SHIPPED)
+    args, _ = parse_args(parser, ["-c", str(typo)])       # without a reference: no check (generic use)

@@ -61,17 +61,44 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see python {self.prog} --help)")
 
 
-def parse_args(parser: argparse.ArgumentParser, argv=None):
+def parse_args(parser: argparse.ArgumentParser, argv=None, reference=None):
     """Parse ``argv`` with ``parser`` (which has ``-c/--config``) plus dotted config overrides.
 
     Returns ``(args, cfg)``: the known arguments, and the config loaded from ``args.config``
-    with the leftover ``--key value`` / ``--key=value`` pairs applied.
+    with the leftover ``--key value`` / ``--key=value`` pairs applied. Given a ``reference`` config
+    file, the loaded config must first have exactly its keys (:func:`check_keys`).
     """
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "config", None) is None:
         raise UserError("no config given; pass one with -c, e.g. -c configs/ddpm_cifar10.yaml")
     cfg = load_config(args.config)
+    if reference is not None:
+        check_keys(cfg, args.config, reference)
     return args, apply_overrides(cfg, rest)
+
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "ddpm_cifar10.yaml")
+
+
+def check_keys(cfg: dict, path, reference=SHIPPED) -> None:
+    """A UserError unless ``cfg`` (read from ``path``) has exactly the keys of the shipped configs.
+
+    Catches a typo in a config file (which overrides cannot: they are checked against the file) and a config
+    written for an older version of the repo, before it fails later with a KeyError. ``model.params`` is left
+    to build_model, which checks the network's own arguments.
+    """
+    def keys(c):
+        return {k for k in _leaf_keys(c) if not k.startswith("model.params.")}
+    want, have = keys(load_config(reference)), keys(cfg)
+    missing, unknown = sorted(want - have), sorted(have - want)
+    ref = os.path.relpath(reference)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], missing or sorted(want), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else f"; the valid keys are those of {ref}"
+        raise UserError(f"config '{path}' has unknown key(s) {', '.join(unknown)}{hint}")
+    if missing:
+        raise UserError(f"config '{path}' lacks {', '.join(missing)}, which the shipped configs have; a config from "
+                        f"an older version of this repo? Add the missing key(s) with the values in {ref}")
 
 
 def apply_overrides(cfg: dict, overrides: list) -> dict:

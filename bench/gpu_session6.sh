@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Next GPU session (bench/NOTES.md, "Next session's GPU plan", item 0), for a two-GPU host:
+#   GPU 0: CIFAR-10 fast vs fast-layout (train.compile_force_layout_opt) vs fast-cdt (coordinate-descent tuning),
+#          training and sampling, then the fast-layout training step's kernel profile
+#   GPU 1: MNIST config plain vs fast vs fast-layout on Fashion-MNIST (loss curves), then fast-cdt
+#   R=runs/s6 bash bench/gpu_session6.sh     (from the repo root; needs .data/fashion-mnist)
+set -u
+export PYTHONUNBUFFERED=1
+R=${R:-runs/session6}
+MNIST_ROOT=${MNIST_ROOT:-.data/fashion-mnist}
+mkdir -p $R
+log() { echo "[$(date +%T)] $*" >> $R/pipeline.log; }
+log "start"; nvidia-smi --query-gpu=name,memory.total --format=csv >> $R/pipeline.log
+(
+    CUDA_VISIBLE_DEVICES=0 python bench/bench.py --out $R/bench-cifar.json --configs cifar10 \
+        --modes fast,fast-layout,fast-cdt --sample-modes fast,fast-cdt --only matmul,train,sample \
+        --train-steps 300 > $R/bench-cifar.log 2>&1
+    log "bench cifar done (exit $?)"
+    CUDA_VISIBLE_DEVICES=0 python bench/profile_step.py --force-layout-opt --out $R/prof-train-cifar-layout \
+        > $R/prof-train-cifar-layout.log 2>&1
+    rm -f $R/prof-train-cifar-layout/trace.json; log "profile done (exit $?)"
+) &
+(
+    CUDA_VISIBLE_DEVICES=1 python bench/bench.py --out $R/bench-mnist.json --configs mnist \
+        --modes plain,fast,fast-layout,fast-cdt --only matmul,train,agree --mnist-root $MNIST_ROOT \
+        --mnist-steps 2000 > $R/bench-mnist.log 2>&1
+    log "bench mnist done (exit $?)"
+) &
+wait
+touch $R/all.done
