@@ -3,6 +3,8 @@
 #   GPU 0: CIFAR-10 fast vs fast-layout (train.compile_force_layout_opt) vs fast-cdt (coordinate-descent tuning),
 #          training and sampling, then the fast-layout training step's kernel profile
 #   GPU 1: MNIST config plain vs fast vs fast-layout on Fashion-MNIST (loss curves), then fast-cdt
+#   then, with SCALING=1: bench/scaling.py --only train (adds the 1-GPU batch-64 point that explains the 2-GPU
+#          fixed-global-batch result)
 #   R=runs/s6 bash bench/gpu_session6.sh     (from the repo root; needs .data/fashion-mnist)
 set -u
 export PYTHONUNBUFFERED=1
@@ -27,4 +29,8 @@ log "start"; nvidia-smi --query-gpu=name,memory.total --format=csv >> $R/pipelin
     log "bench mnist done (exit $?)"
 ) &
 wait
+if [ "${SCALING:-0}" = 1 ]; then
+    python bench/scaling.py --gpus 1,2 --only train --steps 200 --out $R/scaling.json > $R/scaling.log 2>&1
+    log "scaling done (exit $?)"
+fi
 touch $R/all.done

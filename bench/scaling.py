@@ -4,7 +4,8 @@
 
 Training (CIFAR-10 config, fast mode) runs through `accelerate launch --multi_gpu --num_processes N
 train_ddpm.py`, at a fixed global batch of 128 and at a fixed per-GPU batch of 128 (global 128·N); steps/s are
-the median of the log windows after warm-up (as in bench.py). Efficiency = images/s on N GPUs / (N × images/s
+the median of the log windows after warm-up (as in bench.py); 1 GPU also runs at each fixed-global point's
+per-GPU batch (128/N), to show what the smaller batch alone saves. Efficiency = images/s on N GPUs / (N × images/s
 on 1 GPU). Sampling runs `sample_ddpm.py` on N processes (bf16, DDIM, `--sample-steps` steps) and is timed as the
 whole command minus the same command's time when every image already exists (start-up, model load, compile
 are subtracted); the PNGs of every N are compared byte for byte with those of 1 GPU.
@@ -120,7 +121,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix='ddpm-scaling-')
     root = os.path.join(tmp, 'cifar10')
     write_fake_cifar(root)
-    res = {'train_fixed_global': [], 'train_fixed_per_gpu': [], 'sample': [], 'equality': [], 'errors': []}
+    res = {'train_fixed_global': [], 'train_fixed_per_gpu': [], 'train_1gpu_per_gpu_batch': [], 'sample': [],
+           'equality': [], 'errors': []}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     def attempt(key, fn, *a):      # one failed point must not cost the others; partial results are kept
@@ -139,6 +141,9 @@ def main():
             attempt('train_fixed_global', train_point, n, 128, root, args.steps, tmp)
             if n > 1:
                 attempt('train_fixed_per_gpu', train_point, n, 128 * n, root, args.steps, tmp)
+                # 1 GPU at the per-GPU batch of the fixed-global-batch point: how much of a step the smaller batch saves
+                if 128 % n == 0:
+                    attempt('train_1gpu_per_gpu_batch', train_point, 1, 128 // n, root, args.steps, tmp)
     if 'sample' in parts:
         # weights for sampling: a short 1-GPU run's checkpoint (content does not matter for speed or equality)
         exp = os.path.join(tmp, 'weights')
@@ -147,7 +152,7 @@ def main():
         for n in gpus:
             attempt('sample', sample_point, n, ck, args.sample_images, args.sample_steps, args.micro_batch, tmp)
     one = next((r for r in res['train_fixed_global'] if r['gpus'] == 1), None)
-    for r in res['train_fixed_global'] + res['train_fixed_per_gpu']:
+    for r in res['train_fixed_global'] + res['train_fixed_per_gpu'] + res['train_1gpu_per_gpu_batch']:
         if one:
             r['efficiency'] = r['images_per_s'] / (r['gpus'] * one['images_per_s'])
     s1 = next((r for r in res['sample'] if r['gpus'] == 1), None)
@@ -157,7 +162,7 @@ def main():
             r['same_pngs_as_1_gpu'] = r['png_sha256'] == s1['png_sha256']
     json.dump(res, open(args.out, 'w'), indent=1)
     print(f"{'run':36s} {'steps/s':>8s} {'img/s':>8s} {'eff':>6s}")
-    for key in ('train_fixed_global', 'train_fixed_per_gpu'):
+    for key in ('train_fixed_global', 'train_fixed_per_gpu', 'train_1gpu_per_gpu_batch'):
         for r in res[key]:
             print(f"train {r['gpus']} GPU, global batch {r['global_batch']:<5d}{'':9s} {r['steps_per_s']:8.2f} "
                   f"{r['images_per_s']:8.0f} {r.get('efficiency', float('nan')):6.1%}")
