@@ -104,13 +104,13 @@ def summarize_training(windows):
             'windows': len(timed)}
 
 
-SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark[, inductor options]
-    'plain': ('fp32', None, torch.contiguous_format, False),
-    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False),
-    'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False),
-    'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True),
-    'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True),
-    'fast-autotune': ('bf16', 'max-autotune', torch.contiguous_format, False),   # Triton conv/GEMM templates too
+SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark, inductor options
+    'plain': ('fp32', None, torch.contiguous_format, False, {}),
+    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}),
+    'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False, {}),
+    'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True, {}),
+    'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True, {}),
+    'fast-autotune': ('bf16', 'max-autotune', torch.contiguous_format, False, {}),   # Triton conv/GEMM templates too
     'fast-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'coordinate_descent_tuning': True}),
 }
 
@@ -119,12 +119,7 @@ SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format,
 def time_sampling(cfg, mode, batch, steps, device):
     """Seconds per reverse step of the full-T chain at `batch` images (median over 3 repeats)."""
     import torch._inductor.config
-    precision, compile_mode, fmt, cudnn_bench, *inductor = SAMPLE_MODES[mode]
-    with torch._inductor.config.patch(**(inductor[0] if inductor else {})):   # options in force while compiling
-        return _time_sampling(cfg, precision, compile_mode, fmt, cudnn_bench, batch, steps, device)
-
-
-def _time_sampling(cfg, precision, compile_mode, fmt, cudnn_bench, batch, steps, device):
+    precision, compile_mode, fmt, cudnn_bench, inductor = SAMPLE_MODES[mode]
     torch.backends.cudnn.benchmark = cudnn_bench
     model = build_model(cfg['model']).to(device).eval().to(memory_format=fmt)
     diffusion = DDPM.from_config(cfg['diffusion'])
@@ -139,15 +134,16 @@ def _time_sampling(cfg, precision, compile_mode, fmt, cudnn_bench, batch, steps,
             with ctx():
                 x, _ = diffusion.p_sample(net, x, i, g)
         return x
-    run(3, x)                                  # compile / warm-up
     times = []
-    for _ in range(3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run(steps, x)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000 / steps)
+    with torch._inductor.config.patch(**inductor):     # in force whenever it compiles
+        run(3, x)                                      # compile / warm-up
+        for _ in range(3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(steps, x)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000 / steps)
     torch.backends.cudnn.benchmark = False
     return statistics.median(times)
 

@@ -152,7 +152,7 @@ def main():
         for n in gpus:
             attempt('sample', sample_point, n, ck, args.sample_images, args.sample_steps, args.micro_batch, tmp)
     one = next((r for r in res['train_fixed_global'] if r['gpus'] == 1), None)
-    for r in res['train_fixed_global'] + res['train_fixed_per_gpu'] + res['train_1gpu_per_gpu_batch']:
+    for r in res['train_fixed_global'] + res['train_fixed_per_gpu']:     # scaling efficiency: multi-GPU points only
         if one:
             r['efficiency'] = r['images_per_s'] / (r['gpus'] * one['images_per_s'])
     s1 = next((r for r in res['sample'] if r['gpus'] == 1), None)
@@ -165,7 +165,7 @@ def main():
     for key in ('train_fixed_global', 'train_fixed_per_gpu', 'train_1gpu_per_gpu_batch'):
         for r in res[key]:
             print(f"train {r['gpus']} GPU, global batch {r['global_batch']:<5d}{'':9s} {r['steps_per_s']:8.2f} "
-                  f"{r['images_per_s']:8.0f} {r.get('efficiency', float('nan')):6.1%}")
+                  f"{r['images_per_s']:8.0f} " + (f"{r['efficiency']:6.1%}" if 'efficiency' in r else ''))
     for r in res['sample']:
         print(f"sample {r['gpus']} GPU, DDIM {r['steps']} steps{'':11s} {'':8s} {r['img_per_s']:8.1f} "
               f"{r.get('efficiency', float('nan')):6.1%}  same PNGs: {r.get('same_pngs_as_1_gpu')}")
