@@ -183,13 +183,16 @@ def sampling_agreement(cfg, step_dir, device, n=256, steps=50):
             'frac_pixels_within_2_levels': ((a - b).abs() <= 2).float().mean().item()}
 
 
-def model_gflops_per_image(cfg, device):
-    """Forward FLOPs of the UNet for one image (torch.utils.flop_counter; multiply-add = 2 FLOPs)."""
+def model_gflops_per_image(cfg, device, by_op=False):
+    """Forward GFLOPs of the UNet for one image (torch.utils.flop_counter; multiply-add = 2 FLOPs); with
+    `by_op`, a dict {aten op name: GFLOPs} instead of the total."""
     from torch.utils.flop_counter import FlopCounterMode
     model = build_model(cfg['model']).to(device)
     x = torch.randn(1, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'], device=device)
     with FlopCounterMode(display=False) as fc:
         model(x, torch.zeros(1, dtype=torch.long, device=device))
+    if by_op:
+        return {str(op): n / 1e9 for op, n in fc.get_flop_counts()['Global'].items()}
     return fc.get_total_flops() / 1e9
 
 
