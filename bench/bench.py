@@ -15,7 +15,8 @@ plain = eager fp32, NCHW, DataLoader workers (the repo's own baseline).
 fast  = the recommended setting: data on the GPU, bf16 autocast, torch.compile with CUDA graphs
         (mode reduce-overhead), NCHW (channels_last measured no faster, see NOTES.md). Variants (fast-cl,
         fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt: inductor's coordinate-descent tuning, fast-layout:
-        inductor's channels_last layout optimization forced on, eager-bf16)
+        inductor's channels_last layout optimization forced on, fast-gnchan: GroupNorm statistics per channel
+        in the compiled graph, fast-layout-gnchan, eager-bf16)
         each change one or two switches, to measure what they are worth.
 """
 import argparse
@@ -53,8 +54,14 @@ MODES = {
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
     'fast-cdt': FAST,           # + inductor's coordinate-descent tuning of its Triton kernels (MODE_ENV)
     'fast-layout': dict(FAST, **{'train.compile_force_layout_opt': 'true'}),   # convs channels_last in the graph
+    'fast-gnchan': FAST,        # + GroupNorm statistics per channel in the compiled graph (MODE_NORM_STATS)
+    'fast-layout-gnchan': dict(FAST, **{'train.compile_force_layout_opt': 'true'}),
 }
 MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
+# models.unet.GroupNorm.compiled_stats for the training process, set before train_ddpm.py runs
+MODE_NORM_STATS = {'fast-gnchan': 'per_channel', 'fast-layout-gnchan': 'per_channel'}
+SET_NORM_STATS = ('import runpy, sys; import models.unet as u; u.GroupNorm.compiled_stats = sys.argv.pop(1); '
+                  'sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name="__main__")')
 
 
 def write_fake_cifar(root, n=50000):
@@ -83,6 +90,8 @@ def run_training(config, data_root, mode, steps, print_freq, exp_dir, extra=(), 
     over = dict(MODES[mode], **{'data.root': data_root, 'train.n_steps': steps, 'train.print_freq': print_freq,
                                 'train.save_freq': 10 ** 9, 'train.n_samples': 0, 'data.num_workers': 8})
     args = [x for k, v in over.items() for x in (f'--{k}', str(v))]
+    if mode in MODE_NORM_STATS:     # python -c SET_NORM_STATS STATS train_ddpm.py ...
+        launcher = (*launcher, '-c', SET_NORM_STATS, MODE_NORM_STATS[mode])
     cmd = [*launcher, os.path.join(ROOT, 'train_ddpm.py'), '-c', config, '-e', exp_dir, *args, *extra]
     t0 = time.time()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **MODE_ENV.get(mode, {})))
@@ -104,14 +113,17 @@ def summarize_training(windows):
             'windows': len(timed)}
 
 
-SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark, inductor options
-    'plain': ('fp32', None, torch.contiguous_format, False, {}),
-    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}),
-    'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False, {}),
-    'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True, {}),
-    'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True, {}),
-    'fast-autotune': ('bf16', 'max-autotune', torch.contiguous_format, False, {}),   # Triton conv/GEMM templates too
-    'fast-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'coordinate_descent_tuning': True}),
+SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark, inductor options,
+                   # GroupNorm.compiled_stats
+    'plain': ('fp32', None, torch.contiguous_format, False, {}, 'per_group'),
+    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'per_group'),
+    'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False, {}, 'per_group'),
+    'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True, {}, 'per_group'),
+    'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True, {}, 'per_group'),
+    'fast-autotune': ('bf16', 'max-autotune', torch.contiguous_format, False, {}, 'per_group'),   # Triton templates too
+    'fast-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'coordinate_descent_tuning': True},
+                 'per_group'),
+    'fast-gnchan': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'per_channel'),
 }
 
 
@@ -119,8 +131,11 @@ SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format,
 def time_sampling(cfg, mode, batch, steps, device):
     """Seconds per reverse step of the full-T chain at `batch` images (median over 3 repeats)."""
     import torch._inductor.config
-    precision, compile_mode, fmt, cudnn_bench, inductor = SAMPLE_MODES[mode]
+    from models.unet import GroupNorm
+    precision, compile_mode, fmt, cudnn_bench, inductor, norm_stats = SAMPLE_MODES[mode]
+    torch._dynamo.reset()                              # each mode compiles afresh
     torch.backends.cudnn.benchmark = cudnn_bench
+    GroupNorm.compiled_stats = norm_stats
     model = build_model(cfg['model']).to(device).eval().to(memory_format=fmt)
     diffusion = DDPM.from_config(cfg['diffusion'])
     shape = (batch, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
@@ -145,6 +160,7 @@ def time_sampling(cfg, mode, batch, steps, device):
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1000 / steps)
     torch.backends.cudnn.benchmark = False
+    GroupNorm.compiled_stats = 'per_group'
     return statistics.median(times)
 
 
@@ -297,6 +313,10 @@ def main():
         res['loss_agreement'] = loss_agreement(res['train']['mnist/plain']['loss_curve'],
                                                res['train']['mnist/fast']['loss_curve'])
         print('loss agreement', res['loss_agreement'], flush=True)
+        for key, r in res['train'].items():         # every other variant against plain, too
+            if key.startswith('mnist/') and key not in ('mnist/plain', 'mnist/fast') and 'error' not in r:
+                res.setdefault('loss_agreement_variants', {})[key] = loss_agreement(
+                    res['train']['mnist/plain']['loss_curve'], r['loss_curve'])
         ck = os.path.join(tmp, 'mnist-plain', 'ckpt')
         if 'agree' in parts and os.path.isfile(os.path.join(ck, 'latest')):
             step_dir = os.path.join(ck, open(os.path.join(ck, 'latest')).read().strip())
@@ -333,6 +353,8 @@ def print_table(res):
         a = res['loss_agreement']
         print(f"MNIST loss, last {a['windows']} windows: plain {a['plain_mean']:.5f}, fast {a['fast_mean']:.5f} "
               f"(diff {a['diff_in_std_errs']:+.1f} standard errors)")
+    for k, a in res.get('loss_agreement_variants', {}).items():
+        print(f"  {k}: {a['fast_mean']:.5f} (diff {a['diff_in_std_errs']:+.1f} standard errors)")
     if 'bf16_sampling_agreement' in res:
         a = res['bf16_sampling_agreement']
         print(f"bf16 vs fp32 sampling ({a['sampler']}, {a['n']} images): mean |diff| {a['mean_abs_diff_0_255']:.3f} "

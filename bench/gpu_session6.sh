@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Next GPU session (bench/NOTES.md, "Next session's GPU plan", item 0), for a two-GPU host:
-#   GPU 0: CIFAR-10 fast vs fast-layout (train.compile_force_layout_opt) vs fast-cdt (coordinate-descent tuning),
-#          training and sampling, then the fast-layout training step's kernel profile
-#   GPU 1: MNIST config plain vs fast vs fast-layout on Fashion-MNIST (loss curves), then fast-cdt
+#   GPU 0: CIFAR-10 fast vs fast-layout (train.compile_force_layout_opt) vs fast-gnchan (GroupNorm statistics per
+#          channel in the compiled graph) vs both vs fast-cdt (coordinate-descent tuning), training and sampling;
+#          then the kernel profiles of the fast-layout-gnchan training step and the gnchan sampling forward, and
+#          bench/groupnorm.py (GroupNorm + SiLU alone against memory bandwidth)
+#   GPU 1: MNIST config plain vs fast vs fast-layout vs fast-layout-gnchan on Fashion-MNIST (loss curves)
 #   then, with SCALING=1: bench/scaling.py --only train (adds the 1-GPU batch-64 point that explains the 2-GPU
 #          fixed-global-batch result)
 #   R=runs/s6 bash bench/gpu_session6.sh     (from the repo root; needs .data/fashion-mnist)
@@ -15,16 +17,22 @@ log() { echo "[$(date +%T)] $*" >> $R/pipeline.log; }
 log "start"; nvidia-smi --query-gpu=name,memory.total --format=csv >> $R/pipeline.log
 (
     CUDA_VISIBLE_DEVICES=0 python bench/bench.py --out $R/bench-cifar.json --configs cifar10 \
-        --modes fast,fast-layout,fast-cdt --sample-modes fast,fast-cdt --only matmul,train,sample \
-        --train-steps 300 > $R/bench-cifar.log 2>&1
+        --modes fast,fast-layout,fast-gnchan,fast-layout-gnchan,fast-cdt --sample-modes fast,fast-gnchan,fast-cdt \
+        --only matmul,train,sample --train-steps 300 > $R/bench-cifar.log 2>&1
     log "bench cifar done (exit $?)"
-    CUDA_VISIBLE_DEVICES=0 python bench/profile_step.py --force-layout-opt --out $R/prof-train-cifar-layout \
-        > $R/prof-train-cifar-layout.log 2>&1
-    rm -f $R/prof-train-cifar-layout/trace.json; log "profile done (exit $?)"
+    CUDA_VISIBLE_DEVICES=0 python bench/profile_step.py --force-layout-opt --norm-stats per_channel \
+        --out $R/prof-train-cifar-layout-gnchan > $R/prof-train-cifar-layout-gnchan.log 2>&1
+    log "profile train done (exit $?)"
+    CUDA_VISIBLE_DEVICES=0 python bench/profile_step.py --what sample --batch 500 --norm-stats per_channel \
+        --out $R/prof-sample-cifar-gnchan > $R/prof-sample-cifar-gnchan.log 2>&1
+    log "profile sample done (exit $?)"
+    rm -f $R/prof-*/trace.json
+    CUDA_VISIBLE_DEVICES=0 python bench/groupnorm.py --out $R/groupnorm.json > $R/groupnorm.log 2>&1
+    log "groupnorm done (exit $?)"
 ) &
 (
     CUDA_VISIBLE_DEVICES=1 python bench/bench.py --out $R/bench-mnist.json --configs mnist \
-        --modes plain,fast,fast-layout,fast-cdt --only matmul,train,agree --mnist-root $MNIST_ROOT \
+        --modes plain,fast,fast-layout,fast-layout-gnchan --only matmul,train,agree --mnist-root $MNIST_ROOT \
         --mnist-steps 2000 > $R/bench-mnist.log 2>&1
     log "bench mnist done (exit $?)"
 ) &

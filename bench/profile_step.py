@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)
 from datasets import DeviceLoader  # noqa: E402
 from diffusions import DDPM  # noqa: E402
 from models import EMA, build_model  # noqa: E402
+from models.unet import GroupNorm  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 KINDS = [  # (kind, substrings of the kernel name), first match wins
@@ -56,6 +57,8 @@ def main():
                    help='train: one training step; sample: one no-grad forward of the EMA-style eval model')
     p.add_argument('--cudnn-benchmark', action='store_true')
     p.add_argument('--force-layout-opt', action='store_true', help='as train.compile_force_layout_opt')
+    p.add_argument('--norm-stats', choices=('per_group', 'per_channel'), default='per_group',
+                   help='models.unet.GroupNorm.compiled_stats')
     p.add_argument('--batch', type=int, default=128)
     p.add_argument('--warmup', type=int, default=30, help='steps before profiling (compile, CUDA-graph recording)')
     p.add_argument('--steps', type=int, default=20)
@@ -71,6 +74,7 @@ def main():
     if args.force_layout_opt:
         import torch._inductor.config as inductor_config
         inductor_config.force_layout_optimization = True
+    GroupNorm.compiled_stats = args.norm_stats
 
     images = torch.randint(0, 256, (10000, dc['img_channels'], dc['img_size'], dc['img_size']), dtype=torch.uint8)
     loader = DeviceLoader(images, args.batch, dc['random_flip'], 0, device)
@@ -141,7 +145,7 @@ def main():
     total = sum(per_name.values())
     lines = [f'{args.what}, {args.mode} mode, compile {args.compile_mode}, {args.config}, batch {args.batch}, '
              f'channels_last {args.channels_last}, cudnn.benchmark {args.cudnn_benchmark}, '
-             f'force_layout_opt {args.force_layout_opt}: '
+             f'force_layout_opt {args.force_layout_opt}, norm stats {args.norm_stats}: '
              f'{wall * 1000:.1f} ms per step on the host clock ({1 / wall:.1f} steps/s), '
              f'{total:.1f} ms of kernel time per step', '', 'GPU time per kind (ms per step):']
     lines += [f'  {kind:32s} {ms:8.2f}  {ms / total:6.1%}' for kind, ms in per_kind.most_common()] if total else []

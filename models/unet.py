@@ -31,6 +31,33 @@ def timestep_embedding(t, dim):
     return emb
 
 
+def group_norm_from_channel_stats(x, groups, weight, bias, eps):
+    """GroupNorm of x (B, C, H, W) computed from per-channel statistics (for compiled graphs).
+
+    Each channel's mean m_c and variance v_c over H*W come from one reduction with a (B, C) output; the
+    groups' statistics follow exactly by the law of total variance (equal group sizes):
+        mean_g = avg_c m_c,    var_g = avg_c v_c + avg_c (m_c - mean_g)^2      (c over the group's channels)
+    and y = x * scale + shift with per-(sample, channel) scale = w_c / sqrt(var_g + eps), shift = b_c -
+    mean_g * scale. Same result as nn.GroupNorm up to float rounding; statistics in float32 at least, y in
+    x's dtype and layout. Why: in a channels_last layout a group's elements are C/groups-wide runs strided by
+    C, and a reduction per group reads them poorly; a reduction per channel reads contiguous rows of C.
+    """
+    B, C, H, W = x.shape
+    acc = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(acc)
+    var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)               # (B, C) each
+    mean_c, var_c = mean_c.view(B, groups, C // groups), var_c.view(B, groups, C // groups)
+    mean_g = mean_c.mean(-1, keepdim=True)                                      # (B, groups, 1)
+    var_g = var_c.mean(-1, keepdim=True) + (mean_c - mean_g).square().mean(-1, keepdim=True)
+    scale = torch.rsqrt(var_g + eps).expand(B, groups, C // groups)
+    if weight is not None:
+        scale = scale * weight.to(acc).view(groups, C // groups)
+    shift = -mean_g * scale
+    if bias is not None:
+        shift = shift + bias.to(acc).view(groups, C // groups)
+    return (xf * scale.reshape(B, C, 1, 1) + shift.reshape(B, C, 1, 1)).to(x.dtype)
+
+
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm that also reads channels_last activations in place.
 
@@ -42,7 +69,11 @@ class GroupNorm(nn.GroupNorm):
     the fast setting still runs NCHW, where this class is plain nn.GroupNorm.
     """
 
+    compiled_stats = 'per_group'    # under torch.compile: 'per_group' (as below) | 'per_channel' (see above)
+
     def forward(self, x):
+        if x.dim() == 4 and self.compiled_stats == 'per_channel' and torch.compiler.is_compiling():
+            return group_norm_from_channel_stats(x, self.num_groups, self.weight, self.bias, self.eps)
         if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)
         B, C, H, W = x.shape

@@ -9,7 +9,7 @@ import torch.nn as nn
 import yaml
 
 from models import EMA, UNet, build_model
-from models.unet import AttnBlock, GroupNorm, timestep_embedding
+from models.unet import AttnBlock, GroupNorm, group_norm_from_channel_stats, timestep_embedding
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,6 +131,32 @@ def test_group_norm_reads_channels_last_natively():
     torch.testing.assert_close(outb.float(), nn.functional.group_norm(xb.float(), 4, eps=1e-6), atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_group_norm_from_channel_stats(fmt):
+    # The per-channel-statistics GroupNorm (used under torch.compile with compiled_stats 'per_channel') against
+    # the textbook formula in float64, its gradients against F.group_norm's, and float32 with a large offset
+    # (mean 1e3 x std): the group variance combines per-channel variances, no E[x^2] - E[x]^2 cancellation.
+    torch.manual_seed(0)
+    w, b = torch.rand(12, dtype=torch.float64) + 0.5, torch.rand(12, dtype=torch.float64) - 0.5
+    x = (torch.randn(3, 12, 5, 7, dtype=torch.float64) * 3 + torch.randn(1, 12, 1, 1)).contiguous(memory_format=fmt)
+    x.requires_grad_(True)
+    out = group_norm_from_channel_stats(x, 4, w, b, 1e-6)
+    g = x.detach().reshape(3, 4, 3 * 5 * 7)
+    mean, var = g.mean(-1, keepdim=True), g.var(-1, unbiased=False, keepdim=True)
+    ref = ((g - mean) / torch.sqrt(var + 1e-6)).reshape(3, 12, 5, 7) * w[:, None, None] + b[:, None, None]
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    xc = x.detach().contiguous().requires_grad_(True)
+    gout = torch.randn(3, 12, 5, 7, dtype=torch.float64)
+    (out * gout).sum().backward()
+    (nn.functional.group_norm(xc, 4, w, b, 1e-6) * gout).sum().backward()
+    torch.testing.assert_close(x.grad, xc.grad, atol=1e-10, rtol=1e-10)
+    x32 = (x.detach() + 1e3 * 3).float()
+    out32 = group_norm_from_channel_stats(x32, 4, None, None, 1e-6)
+    ref32 = nn.functional.group_norm(x32.double(), 4, eps=1e-6)
+    assert (out32.double() - ref32).abs().max() < 1e-3
+    assert group_norm_from_channel_stats(x32.to(torch.bfloat16), 4, None, None, 1e-6).dtype == torch.bfloat16
+
+
 def test_attention_block_formula_and_4d_sdpa(monkeypatch):
     # x + proj_out(softmax(q k^T / sqrt(C)) v) over the H*W tokens of GroupNorm(x), checked in float64; and SDPA
     # gets 4-D (B, heads, tokens, C) inputs, the only shape its fused GPU kernels take (3-D falls back to the
@@ -168,14 +194,25 @@ def test_reference_init_outputs_zero():
     assert torch.count_nonzero(model(torch.randn(1, 3, 8, 8), torch.tensor([5]))) == 0
 
 
-def test_compile_matches_eager():
+@pytest.mark.parametrize("stats", ["per_group", "per_channel"])
+def test_compile_matches_eager(monkeypatch, stats):
     # Dynamo must trace the whole forward without graph breaks (fullgraph=True). The aot_eager
     # backend keeps this under a few seconds; inductor takes ~1 min cold on 2 CPU cores.
+    # GroupNorm.compiled_stats picks what the traced graph holds: group_norm, or per-channel var_mean.
+    monkeypatch.setattr(GroupNorm, "compiled_stats", stats)
     model = tiny_unet().eval()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    traced = []
+
+    def backend(gm, example_inputs):
+        traced.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, t), model(x, t), atol=1e-5, rtol=1e-4)
+    n_norms = sum(isinstance(m, GroupNorm) for m in model.modules())
+    assert sum("group_norm" in op for op in traced) == (n_norms if stats == "per_group" else 0)
+    assert sum("var_mean" in op for op in traced) == (0 if stats == "per_group" else n_norms)
 
 
 # --- build_model's config checks ----------------------------------------------------------
