@@ -124,6 +124,8 @@ SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format,
     'fast-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'coordinate_descent_tuning': True},
                  'per_group'),
     'fast-gnchan': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'per_channel'),
+    'fast-gnchan-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'coordinate_descent_tuning': True},
+                        'per_channel'),
 }
 
 

@@ -62,6 +62,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default=os.path.join(ROOT, 'configs/ddpm_cifar10.yaml'))
     p.add_argument('--groups', type=int, default=None, help='default: the config model.params.groups')
+    p.add_argument('--settings', default='sample,train', help='comma list of: sample, train')
     p.add_argument('--top', type=int, default=6, help='time the N shapes with the most elements')
     p.add_argument('--out', default=None)
     args = p.parse_args()
@@ -79,6 +80,8 @@ def main():
     formats = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
     rows, totals = [], collections.Counter()
     for setting, batch in (('sample', 500), ('train', 128)):
+        if setting not in args.settings.split(','):
+            continue
         for (C, H, W), count in sorted(shapes.items()):
             x0 = torch.randn(batch, C, H, W, device=dev).to(torch.bfloat16)
             nbytes = x0.numel() * 2
@@ -95,6 +98,7 @@ def main():
                     fn = torch.compile(lambda x: F.silu(f(x, w, b)).to(torch.bfloat16), mode='reduce-overhead')
                     if setting == 'sample':
                         def step():
+                            torch.compiler.cudagraph_mark_step_begin()
                             with torch.no_grad():
                                 return fn(x)
                         traffic = 2 * nbytes
@@ -103,6 +107,7 @@ def main():
                         dy = torch.randn_like(x0).contiguous(memory_format=fmt)
 
                         def step():
+                            torch.compiler.cudagraph_mark_step_begin()
                             fn(xg).backward(dy)
                         traffic = 5 * nbytes
                     for _ in range(3):
