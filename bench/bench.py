@@ -13,11 +13,14 @@ CUDA-event timing) and extrapolated to the 1000-step chain and to a 100-step ski
 
 plain = eager fp32, NCHW, DataLoader workers (the repo's own baseline).
 fast  = the recommended setting: data on the GPU, bf16 autocast, torch.compile with CUDA graphs
-        (mode reduce-overhead), NCHW (channels_last measured no faster, see NOTES.md). Variants (fast-cl,
-        fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt: inductor's coordinate-descent tuning, fast-layout:
-        inductor's channels_last layout optimization forced on, fast-gnchan: GroupNorm statistics per channel
-        in the compiled graph, fast-layout-gnchan, eager-bf16)
-        each change one or two switches, to measure what they are worth.
+        (mode reduce-overhead), convolutions channels_last inside the compiled graph (inductor's layout
+        optimization, forced on for training: train.compile_force_layout_opt), NCHW model and data (channels_last
+        there measured no faster, see NOTES.md), GroupNorm statistics per channel when sampling (GroupNorm's
+        compiled_stats 'auto'). Variants each change one or two switches, to measure what they are worth:
+        training fast-nolayout (inductor's heuristic decides the layout), fast-gnchan (per-channel statistics in
+        training too), fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (inductor's
+        coordinate-descent tuning), eager-bf16; sampling fast-gngroup (per-group statistics), fast-cl,
+        fast-cudnn, fast-cl-cudnn, fast-autotune, fast-cdt.
 """
 import argparse
 import gzip
@@ -42,7 +45,7 @@ from models import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 FAST = {'data.on_gpu': 'true', 'train.mixed_precision': 'bf16', 'train.compile': 'true',
-        'train.compile_mode': 'reduce-overhead', 'train.channels_last': 'false'}
+        'train.compile_mode': 'reduce-overhead', 'train.channels_last': 'false', 'train.compile_force_layout_opt': 'true'}
 MODES = {
     'plain': {'data.on_gpu': 'false', 'train.mixed_precision': 'no', 'train.compile': 'false',
               'train.channels_last': 'false'},
@@ -53,13 +56,12 @@ MODES = {
     'fast-cl-cudnn': dict(FAST, **{'train.channels_last': 'true', 'train.cudnn_benchmark': 'true'}),
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
     'fast-cdt': FAST,           # + inductor's coordinate-descent tuning of its Triton kernels (MODE_ENV)
-    'fast-layout': dict(FAST, **{'train.compile_force_layout_opt': 'true'}),   # convs channels_last in the graph
-    'fast-gnchan': FAST,        # + GroupNorm statistics per channel in the compiled graph (MODE_NORM_STATS)
-    'fast-layout-gnchan': dict(FAST, **{'train.compile_force_layout_opt': 'true'}),
+    'fast-nolayout': dict(FAST, **{'train.compile_force_layout_opt': 'false'}),   # inductor's heuristic: NCHW graph
+    'fast-gnchan': FAST,        # GroupNorm statistics per channel in the compiled training graph too (MODE_NORM_STATS)
 }
 MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
 # models.unet.GroupNorm.compiled_stats for the training process, set before train_ddpm.py runs
-MODE_NORM_STATS = {'fast-gnchan': 'per_channel', 'fast-layout-gnchan': 'per_channel'}
+MODE_NORM_STATS = {'fast-gnchan': 'per_channel'}
 SET_NORM_STATS = ('import runpy, sys; import models.unet as u; u.GroupNorm.compiled_stats = sys.argv.pop(1); '
                   'sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name="__main__")')
 
@@ -115,17 +117,15 @@ def summarize_training(windows):
 
 SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark, inductor options,
                    # GroupNorm.compiled_stats
-    'plain': ('fp32', None, torch.contiguous_format, False, {}, 'per_group'),
-    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'per_group'),
-    'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False, {}, 'per_group'),
-    'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True, {}, 'per_group'),
-    'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True, {}, 'per_group'),
-    'fast-autotune': ('bf16', 'max-autotune', torch.contiguous_format, False, {}, 'per_group'),   # Triton templates too
+    'plain': ('fp32', None, torch.contiguous_format, False, {}, 'auto'),
+    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'auto'),    # auto: per_channel here
+    'fast-gngroup': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'per_group'),
+    'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False, {}, 'auto'),
+    'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True, {}, 'auto'),
+    'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True, {}, 'auto'),
+    'fast-autotune': ('bf16', 'max-autotune', torch.contiguous_format, False, {}, 'auto'),   # Triton templates too
     'fast-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'coordinate_descent_tuning': True},
-                 'per_group'),
-    'fast-gnchan': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'per_channel'),
-    'fast-gnchan-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'coordinate_descent_tuning': True},
-                        'per_channel'),
+                 'auto'),
 }
 
 
@@ -162,7 +162,7 @@ def time_sampling(cfg, mode, batch, steps, device):
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1000 / steps)
     torch.backends.cudnn.benchmark = False
-    GroupNorm.compiled_stats = 'per_group'
+    GroupNorm.compiled_stats = 'auto'
     return statistics.median(times)
 
 

@@ -3,9 +3,9 @@
     python bench/groupnorm.py [--config configs/ddpm_cifar10.yaml] [--out groupnorm.json]
 
 For every distinct (channels, resolution) of the UNet's GroupNorms, times y = silu(groupnorm(x)) in bf16
-(statistics in float32) compiled with CUDA graphs, in two settings:
-  sample: forward only, batch 500 (one reverse step of the sampling chain)
-  train:  forward + backward, batch 128
+(statistics in float32) compiled, in two settings:
+  sample: forward only, batch 500 (one reverse step of the sampling chain), with CUDA graphs
+  train:  forward + backward, batch 128, without
 and three formulations: `per_group` (F.group_norm, what nn.GroupNorm traces to), `per_channel`
 (models.unet.group_norm_from_channel_stats), each on an NCHW and on a channels_last x. The bandwidth column
 counts the least traffic each must move (forward: read x, write y; forward + backward: also read x and
@@ -95,7 +95,10 @@ def main():
                 for fmt_name, fmt in formats.items():
                     torch._dynamo.reset()
                     x = x0.contiguous(memory_format=fmt)
-                    fn = torch.compile(lambda x: F.silu(f(x, w, b)).to(torch.bfloat16), mode='reduce-overhead')
+                    # CUDA graphs for the forward (small shapes: launch-bound otherwise); none for forward +
+                    # backward, whose graphed outputs the next call overwrites (and its kernels are longer)
+                    fn = torch.compile(lambda x: F.silu(f(x, w, b)).to(torch.bfloat16),
+                                       mode='reduce-overhead' if setting == 'sample' else 'default')
                     if setting == 'sample':
                         def step():
                             torch.compiler.cudagraph_mark_step_begin()
@@ -107,7 +110,6 @@ def main():
                         dy = torch.randn_like(x0).contiguous(memory_format=fmt)
 
                         def step():
-                            torch.compiler.cudagraph_mark_step_begin()
                             fn(xg).backward(dy)
                         traffic = 5 * nbytes
                     for _ in range(3):

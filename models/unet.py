@@ -69,10 +69,15 @@ class GroupNorm(nn.GroupNorm):
     the fast setting still runs NCHW, where this class is plain nn.GroupNorm.
     """
 
-    compiled_stats = 'per_group'    # under torch.compile: 'per_group' (as below) | 'per_channel' (see above)
+    # Under torch.compile only: 'per_group' (as below), 'per_channel' (group_norm_from_channel_stats), or 'auto':
+    # per_channel when no gradient is taken (sampling), per_group when one is (training). Measured on an H200
+    # (bench/NOTES.md, attempt 6): per_channel made the compiled sampling forward 14% faster, and with the
+    # channels_last training graph (train.compile_force_layout_opt) the training step 11% slower.
+    compiled_stats = 'auto'
 
     def forward(self, x):
-        if x.dim() == 4 and self.compiled_stats == 'per_channel' and torch.compiler.is_compiling():
+        if x.dim() == 4 and torch.compiler.is_compiling() and (
+                self.compiled_stats == 'per_channel' or self.compiled_stats == 'auto' and not torch.is_grad_enabled()):
             return group_norm_from_channel_stats(x, self.num_groups, self.weight, self.bias, self.eps)
         if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)

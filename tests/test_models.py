@@ -194,11 +194,13 @@ def test_reference_init_outputs_zero():
     assert torch.count_nonzero(model(torch.randn(1, 3, 8, 8), torch.tensor([5]))) == 0
 
 
-@pytest.mark.parametrize("stats", ["per_group", "per_channel"])
-def test_compile_matches_eager(monkeypatch, stats):
+@pytest.mark.parametrize("stats,grad,expect", [("per_group", False, "group_norm"), ("per_channel", True, "var_mean"),
+                                                ("auto", False, "var_mean"), ("auto", True, "group_norm")])
+def test_compile_matches_eager(monkeypatch, stats, grad, expect):
     # Dynamo must trace the whole forward without graph breaks (fullgraph=True). The aot_eager
     # backend keeps this under a few seconds; inductor takes ~1 min cold on 2 CPU cores.
-    # GroupNorm.compiled_stats picks what the traced graph holds: group_norm, or per-channel var_mean.
+    # GroupNorm.compiled_stats picks what the traced graph holds: group_norm, or per-channel var_mean
+    # ('auto': var_mean without gradients, i.e. sampling; group_norm with them, i.e. training).
     monkeypatch.setattr(GroupNorm, "compiled_stats", stats)
     model = tiny_unet().eval()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
@@ -208,11 +210,13 @@ def test_compile_matches_eager(monkeypatch, stats):
         traced.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
         return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
     compiled = torch.compile(model, backend=backend, fullgraph=True)
+    with torch.set_grad_enabled(grad):
+        out = compiled(x, t)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x, t), model(x, t), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out, model(x, t), atol=1e-5, rtol=1e-4)
     n_norms = sum(isinstance(m, GroupNorm) for m in model.modules())
-    assert sum("group_norm" in op for op in traced) == (n_norms if stats == "per_group" else 0)
-    assert sum("var_mean" in op for op in traced) == (0 if stats == "per_group" else n_norms)
+    assert sum("group_norm" in op for op in traced) == (n_norms if expect == "group_norm" else 0)
+    assert sum("var_mean" in op for op in traced) == (n_norms if expect == "var_mean" else 0)
 
 
 # --- build_model's config checks ----------------------------------------------------------

@@ -282,7 +282,6 @@ def test_fid_settings_fail_at_start_on_every_process(tmp_path, image_dir):
     (('--train.print_freq', '0'), 'train.print_freq must be at least 1'),
     (('--train.mixed_precision', 'bf17'), 'train.mixed_precision must be null, no, fp16 or bf16'),
     (('--train.lr', '-1'), 'train.lr must be positive'),
-    (('--train.compile_force_layout_opt', 'true'), 'train.compile_force_layout_opt applies to the compiled model'),
     (('--data.img_size', '9'), 'data.img_size 9 must be divisible by 2'),
     (('--train.batch_size', '64'), 'the dataset has 48 images, fewer than one batch'),
 ])
