@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran at commit b7eb97e (attempt 6); bench modes were renamed after it (bench/NOTES.md, attempt 6), so as
+# written this script no longer runs against the current bench.py. Kept as the record of what ran.
 # Next GPU session (bench/NOTES.md, "Next session's GPU plan", item 0), for a two-GPU host:
 #   GPU 0: CIFAR-10 fast vs fast-layout (train.compile_force_layout_opt) vs fast-gnchan (GroupNorm statistics per
 #          channel in the compiled graph) vs both vs fast-cdt (coordinate-descent tuning), training and sampling;

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran at commit b7eb97e (attempt 6); bench modes were renamed after it (bench/NOTES.md, attempt 6), so as
+# written this script no longer runs against the current bench.py. Kept as the record of what ran.
 # Follow-up to gpu_session6.sh on the same kind of host (bench/NOTES.md, attempt 6):
 #   GPU 0: training-step profiles: CIFAR-10 fast-layout (per-group norm statistics, to set beside attempt 6's
 #          fast-layout-gnchan profile), MNIST fast-layout and fast-layout-gnchan (why layout alone is slower
