@@ -59,20 +59,19 @@ def group_norm_from_channel_stats(x, groups, weight, bias, eps):
 
 
 class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm that also reads channels_last activations in place.
+    """nn.GroupNorm with two other ways to compute it; same parameters, state_dict and values (to float rounding).
 
-    For an NCHW-contiguous x this is nn.GroupNorm. For a channels_last x (memory laid out as NHWC) the
-    groups are normalised on a free NHWC view, (B, H*W, groups, C/groups), with float32 statistics, and the
-    result keeps x's dtype and layout, so no norm needs an NCHW copy of a channels_last input. Same
-    parameters and state_dict either way; the two paths agree to float rounding. Measured on an H100
-    (bench/NOTES.md, attempt 3): compiled channels_last training went from 7% slower than NCHW to on par;
-    the fast setting still runs NCHW, where this class is plain nn.GroupNorm.
+    - A channels_last x (memory laid out as NHWC; model and data in channels_last): normalised on a free NHWC
+      view, (B, H*W, groups, C/groups), with float32 statistics; the result keeps x's dtype and layout, so no
+      norm needs an NCHW copy. Measured on an H100 (bench/NOTES.md, attempt 3): compiled channels_last training
+      went from 7% slower than NCHW to on par. An NCHW x: plain nn.GroupNorm.
+    - Inside torch.compile, per `compiled_stats`: 'per_group' traces nn.GroupNorm; 'per_channel' traces
+      group_norm_from_channel_stats; 'auto' (default) takes per_channel when no gradient is taken (sampling) and
+      per_group when one is (training). Measured on an H200 (bench/NOTES.md, attempt 6): per_channel made the
+      compiled sampling forward 14% faster, and the channels_last training step (train.compile_force_layout_opt)
+      10% slower.
     """
 
-    # Under torch.compile only: 'per_group' (as below), 'per_channel' (group_norm_from_channel_stats), or 'auto':
-    # per_channel when no gradient is taken (sampling), per_group when one is (training). Measured on an H200
-    # (bench/NOTES.md, attempt 6): per_channel made the compiled sampling forward 14% faster, and with the
-    # channels_last training graph (train.compile_force_layout_opt) the training step 11% slower.
     compiled_stats = 'auto'
 
     def forward(self, x):
