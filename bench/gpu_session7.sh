@@ -5,7 +5,8 @@
 #   1. CIFAR-10 config: plain vs fast vs fast-nolayout training, plain vs fast vs fast-gngroup sampling
 #   2. MNIST config on Fashion-MNIST: plain vs fast, 2000 steps (loss curves, bf16 sampling agreement)
 #   3. kernel profiles of both fast training steps and the fast sampling forward; inductor's generated code for
-#      the MNIST training step (TORCH_LOGS=output_code), to read offline where the memory-bound time goes
+#      the MNIST training step and the sampling forward (TORCH_LOGS=output_code) and the MNIST step's trace, to
+#      read offline where the memory-bound time goes
 #   4. bench/groupnorm.py --settings train
 #   R=runs/s7 bash bench/gpu_session7.sh     (from the repo root; needs .data/fashion-mnist)
 set -u
@@ -26,9 +27,12 @@ TORCH_LOGS=output_code python bench/profile_step.py --config configs/ddpm_mnist.
 log "profile mnist done (exit $?)"
 python bench/profile_step.py --out $R/prof-train-cifar > $R/prof-train-cifar.log 2>&1
 log "profile cifar done (exit $?)"
-python bench/profile_step.py --what sample --batch 500 --out $R/prof-sample-cifar > $R/prof-sample-cifar.log 2>&1
+TORCH_LOGS=output_code python bench/profile_step.py --what sample --batch 500 --out $R/prof-sample-cifar \
+    > $R/prof-sample-cifar.log 2> $R/output-code-sample-cifar.txt
 log "profile sample done (exit $?)"
-rm -f $R/prof-*/trace.json
+gzip -f $R/prof-train-mnist/trace.json          # the MNIST step's timeline, to place its copies and gaps offline
+rm -f $R/prof-train-cifar/trace.json $R/prof-sample-cifar/trace.json
+gzip -f $R/output-code-*.txt
 python bench/groupnorm.py --settings train --out $R/groupnorm-train.json > $R/groupnorm-train.log 2>&1
 log "groupnorm train done (exit $?)"
 touch $R/all.done
