@@ -7,7 +7,7 @@
 #   3. kernel profiles of both fast training steps and the fast sampling forward; inductor's generated code for
 #      the MNIST training step and the sampling forward (TORCH_LOGS=output_code) and the MNIST step's trace, to
 #      read offline where the memory-bound time goes
-#   4. bench/groupnorm.py --settings train
+#   4. bench/groupnorm.py, both settings, without CUDA graphs
 #   R=runs/s7 bash bench/gpu_session7.sh     (from the repo root; needs .data/fashion-mnist)
 set -u
 export PYTHONUNBUFFERED=1
@@ -33,6 +33,6 @@ log "profile sample done (exit $?)"
 gzip -f $R/prof-train-mnist/trace.json          # the MNIST step's timeline, to place its copies and gaps offline
 rm -f $R/prof-train-cifar/trace.json $R/prof-sample-cifar/trace.json
 gzip -f $R/output-code-*.txt
-python bench/groupnorm.py --settings train --out $R/groupnorm-train.json > $R/groupnorm-train.log 2>&1
-log "groupnorm train done (exit $?)"
+python bench/groupnorm.py --out $R/groupnorm.json > $R/groupnorm.log 2>&1
+log "groupnorm done (exit $?)"
 touch $R/all.done

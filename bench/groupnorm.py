@@ -3,9 +3,10 @@
     python bench/groupnorm.py [--config configs/ddpm_cifar10.yaml] [--out groupnorm.json]
 
 For every distinct (channels, resolution) of the UNet's GroupNorms, times y = silu(groupnorm(x)) in bf16
-(statistics in float32) compiled, in two settings:
-  sample: forward only, batch 500 (one reverse step of the sampling chain), with CUDA graphs
-  train:  forward + backward, batch 128, without
+(statistics in float32) compiled (without CUDA graphs: a graph copies each call's input into its own buffer,
+which would add a copy to every timing; attempt 6 timed the sampling setting that way), in two settings:
+  sample: forward only, batch 500 (one reverse step of the sampling chain)
+  train:  forward + backward, batch 128
 and three formulations: `per_group` (F.group_norm, what nn.GroupNorm traces to), `per_channel`
 (models.unet.group_norm_from_channel_stats), each on an NCHW and on a channels_last x. The bandwidth column
 counts the least traffic each must move (forward: read x, write y; forward + backward: also read x and
@@ -85,7 +86,7 @@ def main():
         for (C, H, W), count in sorted(shapes.items()):
             x0 = torch.randn(batch, C, H, W, device=dev).to(torch.bfloat16)
             nbytes = x0.numel() * 2
-            copy = torch.compile(lambda x: x * 2, mode='reduce-overhead')
+            copy = torch.compile(lambda x: x * 2)
             for _ in range(3):
                 copy(x0)
             t_copy = timed(lambda: copy(x0))
@@ -95,13 +96,9 @@ def main():
                 for fmt_name, fmt in formats.items():
                     torch._dynamo.reset()
                     x = x0.contiguous(memory_format=fmt)
-                    # CUDA graphs for the forward (small shapes: launch-bound otherwise); none for forward +
-                    # backward, whose graphed outputs the next call overwrites (and its kernels are longer)
-                    fn = torch.compile(lambda x: F.silu(f(x, w, b)).to(torch.bfloat16),
-                                       mode='reduce-overhead' if setting == 'sample' else 'default')
+                    fn = torch.compile(lambda x: F.silu(f(x, w, b)).to(torch.bfloat16))
                     if setting == 'sample':
                         def step():
-                            torch.compiler.cudagraph_mark_step_begin()
                             with torch.no_grad():
                                 return fn(x)
                         traffic = 2 * nbytes
