@@ -20,7 +20,7 @@ from torchvision.utils import save_image
 
 import datasets
 from diffusions import DDPM
-from models import EMA, build_model
+from models import EMA, build_model, compile_model
 from models.ema import unwrap
 from utils import checkpoint as ckpt
 from utils.config import SHIPPED, ArgumentParser, parse_args, save_config
@@ -125,14 +125,7 @@ def main():
     warmup = max(tc['warmup_steps'], 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     if tc['compile']:
-        if tc['compile_force_layout_opt']:
-            # Inductor converts a conv-heavy graph to channels_last internally unless a heuristic says no; for this
-            # UNet it says no for the training graph (the up path's convs halve their channels), and cuDNN then
-            # converts NCHW <-> NHWC around every convolution (bench/NOTES.md, attempt 4: 21% of a step's GPU time;
-            # attempt 6: forcing it made the CIFAR-10 step 17% faster on an H200)
-            import torch._inductor.config as inductor_config
-            inductor_config.force_layout_optimization = True
-        model = torch.compile(model, mode=tc['compile_mode'])
+        model = compile_model(model, tc['compile_mode'], tc['compile_force_layout_opt'])
     model, optimizer = accelerator.prepare(model, optimizer)
 
     # ---------------------------------------------------------------- resume
