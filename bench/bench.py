@@ -18,9 +18,11 @@ fast  = the recommended setting: data on the GPU, bf16 autocast, torch.compile w
         there measured no faster, see NOTES.md), GroupNorm statistics per channel when sampling (GroupNorm's
         compiled_stats 'auto'). Variants each change one or two switches, to measure what they are worth:
         training fast-nolayout (inductor's heuristic decides the layout), fast-gnchan (per-channel statistics in
-        training too), fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (inductor's
-        coordinate-descent tuning), eager-bf16; sampling fast-gngroup (per-group statistics), fast-cl,
-        fast-cudnn, fast-cl-cudnn, fast-autotune, fast-cdt.
+        training too), fast-gnchunk (per-chunk statistics, models.unet.group_norm_from_chunk_stats), fast-cl,
+        fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (inductor's coordinate-descent tuning), eager-bf16;
+        sampling fast-gngroup (per-group statistics), fast-gnchunk (per-chunk statistics), fast-gnchunk-cdt,
+        fast-freeze (inductor's freezing: weights folded into the graph as constants, so their bf16 casts and
+        layout changes run once), fast-cl, fast-cudnn, fast-cl-cudnn, fast-autotune, fast-cdt.
 """
 import argparse
 import gzip
@@ -58,10 +60,11 @@ MODES = {
     'fast-cdt': FAST,           # + inductor's coordinate-descent tuning of its Triton kernels (MODE_ENV)
     'fast-nolayout': dict(FAST, **{'train.compile_force_layout_opt': 'false'}),   # inductor's heuristic: NCHW graph
     'fast-gnchan': FAST,        # GroupNorm statistics per channel in the compiled training graph too (MODE_NORM_STATS)
+    'fast-gnchunk': FAST,       # GroupNorm statistics per row chunk in the compiled training graph (MODE_NORM_STATS)
 }
 MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
 # models.unet.GroupNorm.compiled_stats for the training process, set before train_ddpm.py runs
-MODE_NORM_STATS = {'fast-gnchan': 'per_channel'}
+MODE_NORM_STATS = {'fast-gnchan': 'per_channel', 'fast-gnchunk': 'per_chunk'}
 SET_NORM_STATS = ('import runpy, sys; import models.unet as u; u.GroupNorm.compiled_stats = sys.argv.pop(1); '
                   'sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name="__main__")')
 
@@ -120,6 +123,10 @@ SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format,
     'plain': ('fp32', None, torch.contiguous_format, False, {}, 'auto'),
     'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'auto'),    # auto: per_channel here
     'fast-gngroup': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'per_group'),
+    'fast-gnchunk': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'per_chunk'),
+    'fast-freeze': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
+    'fast-gnchunk-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False,
+                         {'coordinate_descent_tuning': True}, 'per_chunk'),
     'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False, {}, 'auto'),
     'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True, {}, 'auto'),
     'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True, {}, 'auto'),

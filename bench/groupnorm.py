@@ -8,7 +8,7 @@ which would add a copy to every timing; attempt 6 timed the sampling setting tha
   sample: forward only, batch 500 (one reverse step of the sampling chain)
   train:  forward + backward, batch 128
 and three formulations: `per_group` (F.group_norm, what nn.GroupNorm traces to), `per_channel`
-(models.unet.group_norm_from_channel_stats), each on an NCHW and on a channels_last x. The bandwidth column
+(models.unet.group_norm_from_channel_stats), `per_chunk` (group_norm_from_chunk_stats), each on an NCHW and on a channels_last x. The bandwidth column
 counts the least traffic each must move (forward: read x, write y; forward + backward: also read x and
 dy, write dx) over the time, next to a plain copy's rate on the same tensor. Times: CUDA events over 50
 calls after warm-up, median of 3. Only the `--top` shapes with the most elements (count x size) are timed
@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from models import build_model  # noqa: E402
-from models.unet import group_norm_from_channel_stats  # noqa: E402
+from models.unet import group_norm_from_channel_stats, group_norm_from_chunk_stats  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 
@@ -77,7 +77,8 @@ def main():
     print(f'{len(shapes)} of {len(all_shapes)} shapes, {share:.0%} of the GroupNorm input elements')
     dev = torch.device('cuda')
     impls = {'per_group': lambda x, w, b: F.group_norm(x.float(), G, w, b, 1e-6),
-             'per_channel': lambda x, w, b: group_norm_from_channel_stats(x, G, w, b, 1e-6)}
+             'per_channel': lambda x, w, b: group_norm_from_channel_stats(x, G, w, b, 1e-6),
+             'per_chunk': lambda x, w, b: group_norm_from_chunk_stats(x, G, w, b, 1e-6)}
     formats = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
     rows, totals = [], collections.Counter()
     for setting, batch in (('sample', 500), ('train', 128)):

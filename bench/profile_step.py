@@ -62,7 +62,7 @@ def main():
     p.add_argument('--cudnn-benchmark', action='store_true')
     p.add_argument('--force-layout-opt', choices=('true', 'false'), default=None,
                    help="as train.compile_force_layout_opt (default: the config's)")
-    p.add_argument('--norm-stats', choices=('auto', 'per_group', 'per_channel'), default='auto',
+    p.add_argument('--norm-stats', choices=('auto', 'per_group', 'per_channel', 'per_chunk'), default='auto',
                    help='models.unet.GroupNorm.compiled_stats')
     p.add_argument('--batch', type=int, default=128)
     p.add_argument('--warmup', type=int, default=30, help='steps before profiling (compile, CUDA-graph recording)')
@@ -133,7 +133,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     prof.export_chrome_trace(os.path.join(args.out, 'trace.json'))
     # device time per kernel: events that ran on the GPU (self device time), summed by name
-    per_name = collections.Counter()
+    per_name, calls = collections.Counter(), collections.Counter()
     # only events that ran on the GPU (kernels, memcpy/memset): operator and graph annotations on the host side
     # also carry the device time of the kernels below them, and counting them would count those kernels twice
     # Annotations drawn on the GPU timeline (the optimizer's record_function range, `gpu_user_annotation`) span
@@ -146,6 +146,7 @@ def main():
         if dev is None:
             dev = getattr(e, 'self_cuda_time_total', 0)
         per_name[e.key] += dev / args.steps / 1000          # ms per step
+        calls[e.key] += e.count / args.steps
     per_kind = collections.Counter()
     for name, ms in per_name.items():
         per_kind[kind_of(name)] += ms
@@ -159,6 +160,9 @@ def main():
     lines += ['', f'top {args.top} kernels (ms per step):']
     lines += [f'  {ms:8.3f}  {name[:140]}' for name, ms in per_name.most_common(args.top)]
     text = '\n'.join(lines)
+    with open(os.path.join(args.out, 'kernels.tsv'), 'w') as f:     # every kernel, to match with inductor's code
+        f.write('ms_per_step\tcalls_per_step\tname\n')
+        f.writelines(f'{ms:.4f}\t{calls[name]:g}\t{name}\n' for name, ms in per_name.most_common())
     with open(os.path.join(args.out, 'kernels.txt'), 'w') as f:
         f.write(text + '\n\n' + prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=40))
     print(text)

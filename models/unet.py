@@ -58,6 +58,41 @@ def group_norm_from_channel_stats(x, groups, weight, bias, eps):
     return (xf * scale.reshape(B, C, 1, 1) + shift.reshape(B, C, 1, 1)).to(x.dtype)
 
 
+def group_norm_from_chunk_stats(x, groups, weight, bias, eps, chunk_rows=64):
+    """GroupNorm of x (B, C, H, W) from statistics of row chunks (for compiled graphs on channels_last data).
+
+    The H*W positions are cut into n = H*W / R chunks of R = chunk_rows consecutive positions (R = H*W if that
+    does not divide). One reduction gives each (sample, chunk, channel) its mean and variance over R positions: on
+    channels_last memory, position-major rows of C channels, that reduction reads R contiguous rows of C and its
+    (B, n, C) output is contiguous too, with B*n*C independent outputs to spread over the GPU (per_channel has only
+    B*C, each reducing H*W strided elements one after another). The groups' statistics follow exactly by the law of
+    total variance over the group's chunks and channels (all of equal size):
+        mean_g = avg m_{k,c},    var_g = avg v_{k,c} + avg (m_{k,c} - mean_g)^2     (k over chunks, c over the group)
+    Then y = x * scale + shift, as in group_norm_from_channel_stats. Statistics in float32 at least; y in x's dtype.
+    """
+    B, C, H, W = x.shape
+    R = chunk_rows if (H * W) % chunk_rows == 0 else H * W
+    n = H * W // R
+    acc = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(acc)
+    rows = xf.permute(0, 2, 3, 1).reshape(B, n, R, C)             # (B, n, R, C): a view of channels_last memory
+    var_p, mean_p = torch.var_mean(rows, dim=2, correction=0)       # (B, n, C) each
+    mean_p = mean_p.view(B, n, groups, C // groups)
+    var_p = var_p.view(B, n, groups, C // groups)
+    mean_g = mean_p.mean(dim=(1, 3))                                  # (B, groups)
+    var_g = var_p.mean(dim=(1, 3)) + (mean_p - mean_g[:, None, :, None]).square().mean(dim=(1, 3))
+    scale = torch.rsqrt(var_g + eps)[:, :, None].expand(B, groups, C // groups)
+    if weight is not None:
+        scale = scale * weight.to(acc).view(groups, C // groups)
+    shift = -mean_g[:, :, None] * scale
+    if bias is not None:
+        shift = shift + bias.to(acc).view(groups, C // groups)
+    return (xf * scale.reshape(B, C, 1, 1) + shift.reshape(B, C, 1, 1)).to(x.dtype)
+
+
+_COMPILED_STATS = {'per_channel': group_norm_from_channel_stats, 'per_chunk': group_norm_from_chunk_stats}
+
+
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm with two other ways to compute it; same parameters, state_dict and values (to float rounding).
 
@@ -66,8 +101,8 @@ class GroupNorm(nn.GroupNorm):
       norm needs an NCHW copy. Measured on an H100 (bench/NOTES.md, attempt 3): compiled channels_last training
       went from 7% slower than NCHW to on par. An NCHW x: plain nn.GroupNorm.
     - Inside torch.compile, per `compiled_stats`: 'per_group' traces nn.GroupNorm; 'per_channel' traces
-      group_norm_from_channel_stats; 'auto' (default) takes per_channel when no gradient is taken (sampling) and
-      per_group when one is (training). Measured on an H200 (bench/NOTES.md, attempt 6): per_channel made the
+      group_norm_from_channel_stats; 'per_chunk' group_norm_from_chunk_stats; 'auto' (default) takes per_channel
+      when no gradient is taken (sampling) and per_group when one is (training). Measured on an H200 (bench/NOTES.md, attempt 6): per_channel made the
       compiled sampling forward 14% faster, and the channels_last training step (train.compile_force_layout_opt)
       10% slower.
     """
@@ -75,9 +110,12 @@ class GroupNorm(nn.GroupNorm):
     compiled_stats = 'auto'
 
     def forward(self, x):
-        if x.dim() == 4 and torch.compiler.is_compiling() and (
-                self.compiled_stats == 'per_channel' or self.compiled_stats == 'auto' and not torch.is_grad_enabled()):
-            return group_norm_from_channel_stats(x, self.num_groups, self.weight, self.bias, self.eps)
+        if x.dim() == 4 and torch.compiler.is_compiling():
+            stats = self.compiled_stats
+            if stats == 'auto':
+                stats = 'per_group' if torch.is_grad_enabled() else 'per_channel'
+            if stats != 'per_group':
+                return _COMPILED_STATS[stats](x, self.num_groups, self.weight, self.bias, self.eps)
         if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)
         B, C, H, W = x.shape

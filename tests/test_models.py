@@ -9,7 +9,7 @@ import torch.nn as nn
 import yaml
 
 from models import EMA, UNet, build_model
-from models.unet import AttnBlock, GroupNorm, group_norm_from_channel_stats, timestep_embedding
+from models.unet import AttnBlock, GroupNorm, group_norm_from_channel_stats, group_norm_from_chunk_stats, timestep_embedding
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,30 +131,38 @@ def test_group_norm_reads_channels_last_natively():
     torch.testing.assert_close(outb.float(), nn.functional.group_norm(xb.float(), 4, eps=1e-6), atol=2e-2, rtol=2e-2)
 
 
+GN_FORMS = {'per_channel': group_norm_from_channel_stats,
+            'per_chunk': lambda *a: group_norm_from_chunk_stats(*a, chunk_rows=8),     # 40 positions: 5 chunks
+            'per_chunk_whole': lambda *a: group_norm_from_chunk_stats(*a, chunk_rows=64)}  # 64 does not divide 40
+
+
+@pytest.mark.parametrize("form", GN_FORMS)
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-def test_group_norm_from_channel_stats(fmt):
-    # The per-channel-statistics GroupNorm (used under torch.compile with compiled_stats 'per_channel') against
-    # the textbook formula in float64, its gradients against F.group_norm's, and float32 with a large offset
-    # (mean 1e3 x std): the group variance combines per-channel variances, no E[x^2] - E[x]^2 cancellation.
+def test_group_norm_from_channel_and_chunk_stats(fmt, form):
+    # The GroupNorms built from per-channel or per-chunk statistics (used under torch.compile, compiled_stats
+    # 'per_channel' / 'per_chunk') against the textbook formula in float64, their gradients against F.group_norm's,
+    # and float32 with a large offset (mean 1e3 x std): the group variance combines partial variances, no
+    # E[x^2] - E[x]^2 cancellation.
+    gn = GN_FORMS[form]
     torch.manual_seed(0)
     w, b = torch.rand(12, dtype=torch.float64) + 0.5, torch.rand(12, dtype=torch.float64) - 0.5
-    x = (torch.randn(3, 12, 5, 7, dtype=torch.float64) * 3 + torch.randn(1, 12, 1, 1)).contiguous(memory_format=fmt)
+    x = (torch.randn(3, 12, 5, 8, dtype=torch.float64) * 3 + torch.randn(1, 12, 5, 1)).contiguous(memory_format=fmt)
     x.requires_grad_(True)
-    out = group_norm_from_channel_stats(x, 4, w, b, 1e-6)
-    g = x.detach().reshape(3, 4, 3 * 5 * 7)
+    out = gn(x, 4, w, b, 1e-6)
+    g = x.detach().reshape(3, 4, 3 * 5 * 8)
     mean, var = g.mean(-1, keepdim=True), g.var(-1, unbiased=False, keepdim=True)
-    ref = ((g - mean) / torch.sqrt(var + 1e-6)).reshape(3, 12, 5, 7) * w[:, None, None] + b[:, None, None]
+    ref = ((g - mean) / torch.sqrt(var + 1e-6)).reshape(3, 12, 5, 8) * w[:, None, None] + b[:, None, None]
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
     xc = x.detach().contiguous().requires_grad_(True)
-    gout = torch.randn(3, 12, 5, 7, dtype=torch.float64)
+    gout = torch.randn(3, 12, 5, 8, dtype=torch.float64)
     (out * gout).sum().backward()
     (nn.functional.group_norm(xc, 4, w, b, 1e-6) * gout).sum().backward()
     torch.testing.assert_close(x.grad, xc.grad, atol=1e-10, rtol=1e-10)
     x32 = (x.detach() + 1e3 * 3).float()
-    out32 = group_norm_from_channel_stats(x32, 4, None, None, 1e-6)
+    out32 = gn(x32, 4, None, None, 1e-6)
     ref32 = nn.functional.group_norm(x32.double(), 4, eps=1e-6)
     assert (out32.double() - ref32).abs().max() < 1e-3
-    assert group_norm_from_channel_stats(x32.to(torch.bfloat16), 4, None, None, 1e-6).dtype == torch.bfloat16
+    assert gn(x32.to(torch.bfloat16), 4, None, None, 1e-6).dtype == torch.bfloat16
 
 
 def test_attention_block_formula_and_4d_sdpa(monkeypatch):
@@ -195,7 +203,8 @@ def test_reference_init_outputs_zero():
 
 
 @pytest.mark.parametrize("stats,grad,expect", [("per_group", False, "group_norm"), ("per_channel", True, "var_mean"),
-                                                ("auto", False, "var_mean"), ("auto", True, "group_norm")])
+                                                ("per_chunk", False, "var_mean"), ("auto", False, "var_mean"),
+                                                ("auto", True, "group_norm")])
 def test_compile_matches_eager(monkeypatch, stats, grad, expect):
     # Dynamo must trace the whole forward without graph breaks (fullgraph=True). The aot_eager
     # backend keeps this under a few seconds; inductor takes ~1 min cold on 2 CPU cores.
