@@ -59,14 +59,71 @@ MODES = {
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
     'fast-cdt': FAST,           # + inductor's coordinate-descent tuning of its Triton kernels (MODE_ENV)
     'fast-nolayout': dict(FAST, **{'train.compile_force_layout_opt': 'false'}),   # inductor's heuristic: NCHW graph
-    'fast-gnchan': FAST,        # GroupNorm statistics per channel in the compiled training graph too (MODE_NORM_STATS)
-    'fast-gnchunk': FAST,       # GroupNorm statistics per row chunk in the compiled training graph (MODE_NORM_STATS)
+    'fast-gnchan': FAST,        # GroupNorm statistics per channel in the compiled training graph too (MODE_VARIANT)
+    'fast-gnchunk': FAST,       # GroupNorm statistics per row chunk in the compiled training graph (MODE_VARIANT)
+    'fast-oldmodel': FAST,      # attempt 7's AttnBlock and Upsample forwards (MODE_VARIANT), to measure the new ones
+    'fast-combo': FAST,         # inductor's combo kernels: independent small kernels (casts) launched as one
+    'fast-convcl': FAST,        # conv weights stored channels_last, as the compiled graph uses them
+    'fast-combo-convcl': FAST,
 }
 MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
-# models.unet.GroupNorm.compiled_stats for the training process, set before train_ddpm.py runs
-MODE_NORM_STATS = {'fast-gnchan': 'per_channel', 'fast-gnchunk': 'per_chunk'}
-SET_NORM_STATS = ('import runpy, sys; import models.unet as u; u.GroupNorm.compiled_stats = sys.argv.pop(1); '
-                  'sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name="__main__")')
+# what apply_variant changes in the training process before train_ddpm.py runs (through the VARIANT launcher)
+MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'norm_stats': 'per_chunk'},
+                'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
+                'fast-convcl': {'conv_weights_cl': True},
+                'fast-combo-convcl': {'inductor': {'combo_kernels': True}, 'conv_weights_cl': True}}
+VARIANT = ('import json, runpy, sys; sys.path.insert(0, "bench"); import bench; '
+           'bench.apply_variant(json.loads(sys.argv.pop(1))); sys.argv.pop(0); '
+           'runpy.run_path(sys.argv[0], run_name="__main__")')
+
+
+def _old_attn_forward(self, x):
+    """AttnBlock.forward before attempt 8: the tokens stay a transposed view (bias add outside the GEMM)."""
+    import torch.nn.functional as F
+    B, C, H, W = x.shape
+    h = self.norm(x).reshape(B, C, H * W).transpose(1, 2)
+    q, k, v = self.qkv(h)[:, None].chunk(3, dim=-1)
+    h = self.proj_out(F.scaled_dot_product_attention(q, k, v)[:, 0])
+    return x + h.transpose(1, 2).reshape(B, C, H, W)
+
+
+def _old_upsample_forward(self, x):
+    """Upsample.forward before attempt 8: F.interpolate, whose backward is an index_put with accumulation."""
+    import torch.nn.functional as F
+    return self.conv(F.interpolate(x, scale_factor=2.0, mode='nearest'))
+
+
+def apply_variant(spec):
+    """Apply a bench variant to this process (see MODE_VARIANT); return a function that undoes it."""
+    import torch._inductor.config as inductor_config
+    import models
+    import models.unet as unet
+    undo = []
+    if 'norm_stats' in spec:
+        undo.append((unet.GroupNorm, 'compiled_stats', unet.GroupNorm.compiled_stats))
+        unet.GroupNorm.compiled_stats = spec['norm_stats']
+    for k, v in spec.get('inductor', {}).items():
+        undo.append((inductor_config, k, getattr(inductor_config, k)))
+        setattr(inductor_config, k, v)
+    if spec.get('old_model'):
+        undo += [(unet.AttnBlock, 'forward', unet.AttnBlock.forward), (unet.Upsample, 'forward', unet.Upsample.forward)]
+        unet.AttnBlock.forward, unet.Upsample.forward = _old_attn_forward, _old_upsample_forward
+    if spec.get('conv_weights_cl'):
+        build = models.build_model
+
+        def build_cl(cfg):
+            model = build(cfg)
+            for m in model.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+            return model
+        undo.append((models, 'build_model', build))
+        models.build_model = build_cl
+
+    def restore():
+        for obj, name, value in reversed(undo):
+            setattr(obj, name, value)
+    return restore
 
 
 def write_fake_cifar(root, n=50000):
@@ -95,8 +152,8 @@ def run_training(config, data_root, mode, steps, print_freq, exp_dir, extra=(), 
     over = dict(MODES[mode], **{'data.root': data_root, 'train.n_steps': steps, 'train.print_freq': print_freq,
                                 'train.save_freq': 10 ** 9, 'train.n_samples': 0, 'data.num_workers': 8})
     args = [x for k, v in over.items() for x in (f'--{k}', str(v))]
-    if mode in MODE_NORM_STATS:     # python -c SET_NORM_STATS STATS train_ddpm.py ...
-        launcher = (*launcher, '-c', SET_NORM_STATS, MODE_NORM_STATS[mode])
+    if mode in MODE_VARIANT:        # python -c VARIANT JSON train_ddpm.py ...
+        launcher = (*launcher, '-c', VARIANT, json.dumps(MODE_VARIANT[mode]))
     cmd = [*launcher, os.path.join(ROOT, 'train_ddpm.py'), '-c', config, '-e', exp_dir, *args, *extra]
     t0 = time.time()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **MODE_ENV.get(mode, {})))
@@ -127,6 +184,9 @@ SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format,
     'fast-freeze': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
     'fast-gnchunk-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False,
                          {'coordinate_descent_tuning': True}, 'per_chunk'),
+    'fast-oldmodel': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'auto'),   # + SAMPLE_VARIANT
+    'fast-freeze-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False,
+                        {'freezing': True, 'coordinate_descent_tuning': True}, 'auto'),
     'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False, {}, 'auto'),
     'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True, {}, 'auto'),
     'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True, {}, 'auto'),
@@ -134,6 +194,9 @@ SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format,
     'fast-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'coordinate_descent_tuning': True},
                  'auto'),
 }
+
+
+SAMPLE_VARIANT = {'fast-oldmodel': {'old_model': True}}
 
 
 @torch.no_grad()
@@ -145,31 +208,35 @@ def time_sampling(cfg, mode, batch, steps, device):
     torch._dynamo.reset()                              # each mode compiles afresh
     torch.backends.cudnn.benchmark = cudnn_bench
     default_stats, GroupNorm.compiled_stats = GroupNorm.compiled_stats, norm_stats
-    model = build_model(cfg['model']).to(device).eval().to(memory_format=fmt)
-    diffusion = DDPM.from_config(cfg['diffusion'])
-    shape = (batch, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
-    net = torch.compile(model, mode=compile_mode) if compile_mode else model
-    x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
-    g = torch.Generator(device).manual_seed(0)
-    ctx = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
+    restore = apply_variant(SAMPLE_VARIANT.get(mode, {}))
+    try:
+        model = build_model(cfg['model']).to(device).eval().to(memory_format=fmt)
+        diffusion = DDPM.from_config(cfg['diffusion'])
+        shape = (batch, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
+        net = torch.compile(model, mode=compile_mode) if compile_mode else model
+        x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
+        g = torch.Generator(device).manual_seed(0)
+        ctx = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
 
-    def run(n, x):
-        for i in range(diffusion.num_steps - 1, diffusion.num_steps - 1 - n, -1):
-            with ctx():
-                x, _ = diffusion.p_sample(net, x, i, g)
-        return x
-    times = []
-    with torch._inductor.config.patch(**inductor):     # in force whenever it compiles
-        run(3, x)                                      # compile / warm-up
-        for _ in range(3):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run(steps, x)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000 / steps)
-    torch.backends.cudnn.benchmark = False
-    GroupNorm.compiled_stats = default_stats
+        def run(n, x):
+            for i in range(diffusion.num_steps - 1, diffusion.num_steps - 1 - n, -1):
+                with ctx():
+                    x, _ = diffusion.p_sample(net, x, i, g)
+            return x
+        times = []
+        with torch._inductor.config.patch(**inductor):     # in force whenever it compiles
+            run(3, x)                                      # compile / warm-up
+            for _ in range(3):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run(steps, x)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1000 / steps)
+        torch.backends.cudnn.benchmark = False
+        GroupNorm.compiled_stats = default_stats
+    finally:
+        restore()
     return statistics.median(times)
 
 

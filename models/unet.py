@@ -171,8 +171,11 @@ class AttnBlock(nn.Module):
 
     def forward(self, x):
         B, C, H, W = x.shape
-        # (B, C, H, W) -> (B, H*W, C); reshape, not view: x may be channels_last.
-        h = self.norm(x).reshape(B, C, H * W).transpose(1, 2)
+        # (B, C, H, W) -> (B, H*W, C) tokens, made contiguous: a linear layer on a non-contiguous 3-D input becomes a
+        # matmul plus a separate bias add, and under torch.compile that add turned into three extra passes over the
+        # q/k/v activations (bench/NOTES.md, attempt 8). Contiguous tokens keep the bias inside the GEMM; in eager
+        # mode the matmul copied the transposed input anyway; in a compiled channels_last graph the copy is free.
+        h = self.norm(x).reshape(B, C, H * W).transpose(1, 2).contiguous()
         q, k, v = self.qkv(h)[:, None].chunk(3, dim=-1)              # each (B, 1 head, H*W, C)
         # softmax(q k^T / sqrt(C)) v. The head axis matters: SDPA's fused kernels (flash, memory-efficient) take
         # 4-D inputs only, and with 3-D ones it falls back to its math path, which runs bf16 inputs as float32
@@ -192,6 +195,19 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
+def upsample_nearest2x(x):
+    """Nearest-neighbour x2 upsampling of (B, C, H, W), the values of F.interpolate(x, scale_factor=2, mode='nearest').
+
+    Written as a broadcast + reshape: its backward is then a sum over each 2x2 block, which torch.compile fuses,
+    where F.interpolate's backward is an index_put with accumulation into zeros (bench/NOTES.md, attempt 8).
+    """
+    B, C, H, W = x.shape
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):   # keep channels_last
+        xt = x.permute(0, 2, 3, 1)                                                        # (B, H, W, C) memory
+        return xt[:, :, None, :, None, :].expand(B, H, 2, W, 2, C).reshape(B, 2 * H, 2 * W, C).permute(0, 3, 1, 2)
+    return x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W)
+
+
 class Upsample(nn.Module):
     """Nearest x2 upsampling, then a 3x3 conv. (B, C, H, W) -> (B, C, 2H, 2W)."""
 
@@ -200,7 +216,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(upsample_nearest2x(x))
 
 
 class EmbedSequential(nn.Sequential):

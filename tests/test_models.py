@@ -9,7 +9,8 @@ import torch.nn as nn
 import yaml
 
 from models import EMA, UNet, build_model
-from models.unet import AttnBlock, GroupNorm, group_norm_from_channel_stats, group_norm_from_chunk_stats, timestep_embedding
+from models.unet import (AttnBlock, GroupNorm, group_norm_from_channel_stats, group_norm_from_chunk_stats, timestep_embedding,
+                         upsample_nearest2x)
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,6 +164,19 @@ def test_group_norm_from_channel_and_chunk_stats(fmt, form):
     ref32 = nn.functional.group_norm(x32.double(), 4, eps=1e-6)
     assert (out32.double() - ref32).abs().max() < 1e-3
     assert gn(x32.to(torch.bfloat16), 4, None, None, 1e-6).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_upsample_nearest2x_is_interpolate(fmt):
+    # broadcast + reshape form: the values and gradients of F.interpolate(nearest, x2), the input's layout kept
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
+    xr = x.detach().clone().requires_grad_(True)
+    y, ref = upsample_nearest2x(x), nn.functional.interpolate(xr, scale_factor=2.0, mode="nearest")
+    assert torch.equal(y, ref) and y.is_contiguous(memory_format=fmt)
+    g = torch.randn_like(ref)
+    (y * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, atol=1e-12, rtol=0)
 
 
 def test_attention_block_formula_and_4d_sdpa(monkeypatch):
