@@ -27,7 +27,7 @@ from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 from diffusions import DDPM, SAMPLERS, SKIP_TYPES, VAR_TYPES, make_sampler
-from models import build_model
+from models import build_model, compile_model
 from utils import checkpoint as ckpt
 from utils import images
 from utils.config import SHIPPED, ArgumentParser, parse_args
@@ -174,7 +174,7 @@ def main(argv=None):
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     model = model.to(device)                    # unwrapped: no DDP for sampling
     if args.compile:               # every batch has micro_batch images: static shapes, graph-friendly
-        model = torch.compile(model, mode=args.compile)
+        model = compile_model(model, args.compile, freeze=True)      # fixed weights: folded into the graph
     n, mb = args.n_samples, args.micro_batch
     width = max(6, len(str(n - 1)))
     path_of = lambda i: os.path.join(args.save_dir, f'{i:0{width}d}.png')
