@@ -20,7 +20,7 @@ from torchvision.utils import save_image
 
 import datasets
 from diffusions import DDPM
-from models import EMA, build_model, compile_model, conv_weights_channels_last
+from models import EMA, build_model, compile_model
 from models.ema import unwrap
 from utils import checkpoint as ckpt
 from utils.config import SHIPPED, ArgumentParser, parse_args, save_config
@@ -119,8 +119,6 @@ def main():
     memory_format = torch.channels_last if tc['channels_last'] else torch.contiguous_format
     torch.backends.cudnn.benchmark = tc['cudnn_benchmark']
     model = model.to(memory_format=memory_format)
-    if tc['compile'] and tc['compile_force_layout_opt']:
-        conv_weights_channels_last(model)       # the compiled graph's layout: weight gradients need no copy
     ema = EMA(model, tc['ema_decay'], tc['ema_warmup'])
     optimizer = torch.optim.Adam(model.parameters(), lr=tc['lr'], betas=tuple(tc['adam_betas']),
                                  weight_decay=tc['weight_decay'], fused=device.type == 'cuda')

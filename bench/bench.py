@@ -16,13 +16,13 @@ fast  = the recommended setting: data on the GPU, bf16 autocast, torch.compile w
         (mode reduce-overhead), convolutions channels_last inside the compiled graph (inductor's layout
         optimization, forced on for training: train.compile_force_layout_opt), NCHW model and data (channels_last
         there measured no faster, see NOTES.md), GroupNorm statistics per channel when sampling (GroupNorm's
-        compiled_stats 'auto'), conv weights stored channels_last (models.conv_weights_channels_last); sampling
-        also folds the weights into the graph (inductor's freezing, as sample_ddpm.py --compile does). Variants
-        each change one or two switches, to measure what they are worth: training fast-nolayout (inductor's
-        heuristic decides the layout), fast-convnchw (NCHW conv weights), fast-gnchan / fast-gnchunk (per-channel
-        / per-chunk statistics in training too), fast-oldmodel (attempt 7's attention and upsampling forwards),
-        fast-combo (inductor's combo kernels), fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt
-        (inductor's coordinate-descent tuning), eager-bf16; sampling fast-nofreeze, fast-gngroup, fast-gnchunk,
+        compiled_stats 'auto'); sampling also folds the weights into the graph (inductor's freezing, as
+        sample_ddpm.py --compile does). Variants each change one or two switches, to measure what they are worth:
+        training fast-nolayout (inductor's heuristic decides the layout), fast-convcl (conv weights stored
+        channels_last), fast-gnchan / fast-gnchunk (per-channel / per-chunk statistics in training too),
+        fast-oldmodel (attempt 7's attention and upsampling forwards), fast-combo (inductor's combo kernels),
+        fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (inductor's coordinate-descent tuning),
+        eager-bf16; sampling fast-nofreeze, fast-gngroup, fast-gnchunk,
         fast-oldmodel, fast-cdt, fast-cl, fast-cudnn, fast-cl-cudnn, fast-autotune.
 """
 import argparse
@@ -64,13 +64,13 @@ MODES = {
     'fast-gnchunk': FAST,       # GroupNorm statistics per row chunk in the compiled training graph (MODE_VARIANT)
     'fast-oldmodel': FAST,      # attempt 7's AttnBlock and Upsample forwards (MODE_VARIANT), to measure the new ones
     'fast-combo': FAST,         # inductor's combo kernels: independent small kernels (casts) launched as one
-    'fast-convnchw': FAST,      # conv weights left NCHW (fast stores them channels_last: models.conv_weights_channels_last)
+    'fast-convcl': FAST,        # conv weights stored channels_last, as the compiled graph uses them (no grad copies)
 }
 MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
 # what apply_variant changes in the training process before train_ddpm.py runs (through the VARIANT launcher)
 MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'norm_stats': 'per_chunk'},
                 'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
-                'fast-convnchw': {'conv_weights_nchw': True}}
+                'fast-convcl': {'conv_weights_cl': True}}
 VARIANT = ('import json, runpy, sys; sys.path.insert(0, "bench"); import bench; '
            'bench.apply_variant(json.loads(sys.argv.pop(1))); sys.argv.pop(0); '
            'runpy.run_path(sys.argv[0], run_name="__main__")')
@@ -107,9 +107,17 @@ def apply_variant(spec):
     if spec.get('old_model'):
         undo += [(unet.AttnBlock, 'forward', unet.AttnBlock.forward), (unet.Upsample, 'forward', unet.Upsample.forward)]
         unet.AttnBlock.forward, unet.Upsample.forward = _old_attn_forward, _old_upsample_forward
-    if spec.get('conv_weights_nchw'):
-        undo.append((models, 'conv_weights_channels_last', models.conv_weights_channels_last))
-        models.conv_weights_channels_last = lambda model: model
+    if spec.get('conv_weights_cl'):
+        build = models.build_model
+
+        def build_cl(cfg):
+            model = build(cfg)
+            for m in model.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+            return model
+        undo.append((models, 'build_model', build))
+        models.build_model = build_cl
     def restore():
         for obj, name, value in reversed(undo):
             setattr(obj, name, value)

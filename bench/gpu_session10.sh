@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# RECORD: ran as attempt 10 at commit fc013cf, when train_ddpm.py stored conv weights channels_last (its fast) and
+# fast-convnchw was the variant without; that was reverted after this run (bench/NOTES.md).
 # GPU session 10 (bench/NOTES.md, attempt 10), ONE H100 (nvidia-h100-x1), one stage at a time (~17 min): the final
 # fast setting (conv weights channels_last in training, freezing in sampling) against plain in one run.
 #   1. sampling, 1000-step chain at batch 500: plain, fast, fast-cdt

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# RECORD: ran as attempt 8 at commit 95b2587; mode names as of then (fast-freeze is now sampling fast; see bench/NOTES.md).
 # GPU session 8 (bench/NOTES.md, attempt 8), for ONE H100 (nvidia-h100-x1), one stage at a time, in order of what
 # the open targets need most (~30 min; start it in the background with setsid and collect $R in several calls):
 #   1. sampling, 1000-step chain at batch 500: plain, fast (per-channel statistics), fast-gnchunk (per-chunk

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# RECORD: ran as attempt 9 at commit cb08141; mode names as of then (fast-freeze is now sampling fast, fast-freeze-cdt fast-cdt;
+# fast-combo-convcl is gone; see bench/NOTES.md).
 # GPU session 9 (bench/NOTES.md, attempt 9), for ONE H100 (nvidia-h100-x1), one stage at a time (~25 min; start it
 # in the background with setsid and collect $R in several calls):
 #   1. sampling, 1000-step chain at batch 500: plain, fast, fast-oldmodel (attempt 7's attention and upsampling),

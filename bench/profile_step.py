@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 
 from datasets import DeviceLoader  # noqa: E402
 from diffusions import DDPM  # noqa: E402
-from models import EMA, build_model, compile_model, conv_weights_channels_last  # noqa: E402
+from models import EMA, build_model, compile_model  # noqa: E402
 from models.unet import GroupNorm  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
@@ -84,8 +84,6 @@ def main():
     loader = DeviceLoader(images, args.batch, dc['random_flip'], 0, device)
     diffusion = DDPM.from_config(cfg['diffusion'])
     model = build_model(cfg['model']).to(device).to(memory_format=fmt)
-    if force_layout and args.what == 'train':
-        conv_weights_channels_last(model)             # as train_ddpm.py does
     ema = EMA(model, tc['ema_decay'], tc['ema_warmup'])
     opt = torch.optim.Adam(model.parameters(), lr=tc['lr'], fused=device.type == 'cuda')
     net = compile_model(model, args.compile_mode, force_layout) if fast else model

@@ -37,7 +37,7 @@ def compile_model(model, mode, force_layout_opt=False, freeze=False):
     graph to channels_last internally unless a heuristic says no; for this UNet it says no for the training graph
     (the up path's convolutions halve their channels), and cuDNN then converts NCHW <-> NHWC around every
     convolution (bench/NOTES.md, attempt 4: 21% of a step's GPU time; attempt 6: forcing it made the CIFAR-10 step
-    17% faster on an H200). Pair it with conv_weights_channels_last(model) before the optimizer and EMA are made.
+    17% faster on an H200).
     `freeze`: inference only (sampling a fixed model): the weights become constants of the compiled graph, so their
     bf16 casts and layout changes run once instead of every forward (attempt 8: +3% sampling on an H100). The
     compiled model does not see later changes to the weights.
@@ -48,19 +48,6 @@ def compile_model(model, mode, force_layout_opt=False, freeze=False):
     if freeze:
         inductor_config.freezing = True
     return torch.compile(model, mode=mode)
-
-
-def conv_weights_channels_last(model):
-    """Store every Conv2d weight channels_last (in place; returns model), as a channels_last compiled graph uses them.
-
-    Same values and state_dict. The compiled training graph then gives each weight gradient in the parameter's own
-    layout; with NCHW weights, 51 copies per MNIST-config step rearranged them (bench/NOTES.md, attempt 9: +9%
-    MNIST, +4% CIFAR-10 steps/s on an H100, with the combo-kernel variant for CIFAR-10).
-    """
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
-    return model
 
 
 def check_params(in_channels, out_channels, dim, dim_mults, use_attn, num_res_blocks, groups, dropout):

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from models import EMA, UNet, build_model, conv_weights_channels_last
+from models import EMA, UNet, build_model
 from models.unet import (AttnBlock, GroupNorm, group_norm_from_channel_stats, group_norm_from_chunk_stats, timestep_embedding,
                          upsample_nearest2x)
 from utils.errors import UserError
@@ -177,18 +177,6 @@ def test_upsample_nearest2x_is_interpolate(fmt):
     (y * g).sum().backward()
     (ref * g).sum().backward()
     torch.testing.assert_close(x.grad, xr.grad, atol=1e-12, rtol=0)
-
-
-def test_conv_weights_channels_last_keeps_values():
-    model = tiny_unet()
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    assert conv_weights_channels_last(model) is model
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
-    assert all(not m.weight.is_contiguous() for m in convs if m.weight.shape[2:] != (1, 1))
-    assert all(isinstance(m.weight, nn.Parameter) for m in convs)
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, sd[k])
 
 
 def test_attention_block_formula_and_4d_sdpa(monkeypatch):
