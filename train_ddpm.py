@@ -25,6 +25,7 @@ from models.ema import unwrap
 from utils import checkpoint as ckpt
 from utils.config import SHIPPED, ArgumentParser, parse_args, save_config
 from utils.errors import UserError, run_main
+from utils.images import quantize_uint8
 from utils.logger import Logger
 
 
@@ -367,7 +368,7 @@ def training_fid(accelerator, ema_model, cfg, setup) -> float:
         noise = torch.randn((min(500, per - start), *shape), generator=gen, device=device)
         with accelerator.autocast():
             x = setup['sampler'].sample(ema_model, noise, gen).float()
-        chunks.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+        chunks.append(quantize_uint8(x))          # stays on the device for the gather
     images = accelerator.gather(torch.cat(chunks))[:tc['fid_n_samples']]
     return on_main_process(accelerator, lambda: compute_fid(images, setup['ref'], weights_path=tc['fid_weights'],
                                                             device=device, batch_size=250))

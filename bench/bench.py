@@ -255,12 +255,13 @@ def sampling_agreement(cfg, step_dir, device, n=256, steps=50):
     """Same EMA weights, same noise, DDIM (eta 0) for `steps` steps in fp32 and under bf16 autocast."""
     from diffusions import make_sampler
     from utils.checkpoint import load_model_weights
+    from utils.images import quantize_uint8
     model = build_model(cfg['model']).to(device).eval()
     model.load_state_dict(load_model_weights(step_dir, use_ema=True))
     sampler = make_sampler('ddim', DDPM.from_config(cfg['diffusion'], skip_type='uniform', skip_steps=steps))
     shape = (n, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
     noise = torch.randn(shape, generator=torch.Generator(device).manual_seed(0), device=device)
-    to255 = lambda x: ((x.float().clamp(-1, 1) + 1) * 127.5).round()
+    to255 = lambda x: quantize_uint8(x).float()      # the 8-bit pixels a PNG would hold
     a = to255(sampler.sample(model, noise))
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         b = to255(sampler.sample(model, noise))

@@ -258,3 +258,12 @@ def test_resume_refuses_a_folder_made_with_other_settings(run, ckpt_dir, tmp_pat
     # the same settings with more samples extend the folder; the first images stay as they were
     run(cli(ckpt_dir, tmp_path, '--seed', '1', '--sampler', 'ddim', '--skip_steps', '4', n=4))
     assert len(pngs(tmp_path)) == 4 and all((tmp_path / n).read_bytes() == b for n, b in before.items())
+
+
+def test_quantize_uint8_rounds_like_save_image():
+    # floor((v + 1) * 127.5 + 0.5), clamped to [0, 255], as torchvision's save_image quantizes; the training FID and
+    # the bench's bf16 check quantize with it on the device, PNGs with to_uint8 on the CPU
+    x = torch.tensor([-1.5, -1.0, 3.2 / 127.5 - 1, 3.7 / 127.5 - 1, 0.0, 1.0, 1.5], dtype=torch.float64)
+    q = images.quantize_uint8(x)
+    assert q.dtype == torch.uint8 and q.tolist() == [0, 0, 3, 4, 128, 255, 255]
+    assert torch.equal(images.to_uint8(x), q)

@@ -13,9 +13,14 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 
+def quantize_uint8(x: Tensor) -> Tensor:
+    """Floats in [-1, 1] -> uint8 on x's device, rounded as torchvision's save_image does (floor of v + 0.5)."""
+    return ((x.detach().float() + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
 def to_uint8(x: Tensor) -> Tensor:
-    """B×C×H×W (or C×H×W) floats in [-1, 1] -> uint8 on the CPU, rounded as torchvision's save_image does."""
-    return ((x.detach().float() + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).cpu()
+    """B×C×H×W (or C×H×W) floats in [-1, 1] -> uint8 on the CPU (quantize_uint8, then to the CPU)."""
+    return quantize_uint8(x).cpu()
 
 
 def _tmp_name(path: str) -> str:
