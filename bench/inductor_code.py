@@ -1,15 +1,19 @@
 """Inductor's generated CUDA (Triton) code for the UNet, written on a machine without a GPU.
 
-    python bench/inductor_code.py [--config configs/ddpm_cifar10.yaml] [--batch 500] [--out sample_code.py]
+    python bench/inductor_code.py [--config configs/ddpm_cifar10.yaml] [--what sample|train] [--batch N] [--out F]
 
-What it does: traces the UNet's no-grad forward (the sampling network call) with torch.compile on the meta device,
-relabels the captured graph to fake CUDA tensors, stubs the few CUDA queries inductor makes (an H100's properties:
+What it does: traces the UNet's no-grad forward (`sample`, the sampling network call, batch 500 by default) or a
+training step's forward and backward (`train`, batch 128, loss as in DDPM's simple loss) with torch.compile on the
+meta device, relabels the captured graphs to fake CUDA tensors, stubs the few CUDA queries inductor makes (an H100's properties:
 132 SMs, compute capability 9.0) and the Triton compile, and runs inductor's lowering and scheduling, which write
 the same kernels, fusions and call sequence a GPU run writes. Kernel sources are kept, not compiled or timed.
-Limits: the model is cast to bf16 instead of running under autocast (autocast does not act on meta tensors), so
-the per-forward weight casts of an autocast run are missing; SDPA takes its math path (bmm + softmax), since no
-fused attention backend is available; layout optimization is inductor's own decision for an inference graph. Used
-before attempt 8 (bench/NOTES.md) to find the q/k/v bias passes and to read the GroupNorm reductions.
+Limits: autocast does not act on meta tensors, so `sample` casts the model to bf16 (an autocast run also casts
+the weights every forward), and `train` keeps float32 parameters and casts each to bf16 at the top of the step (as
+autocast's weight casts do), with dropout off (its random ops need a real CUDA generator here); SDPA takes its math
+path (bmm + softmax), since no fused attention backend is available; layout optimization is inductor's own
+decision for the inference graph and forced for training, as the shipped configs do. Used before attempt 8
+(bench/NOTES.md) to find the q/k/v bias passes and to read the GroupNorm reductions, and after attempt 10 to count
+the MNIST step's kernels. Prints, per graph, the Triton launches by kernel kind and the extern calls.
 """
 import argparse
 import glob
@@ -17,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 
 import torch
 
@@ -62,60 +67,103 @@ def pretend_cuda():
     torch._C._conv_determine_backend_memory_format = cudnn_format
 
 
+def capture_graphs(cfg, what, batch):
+    """[(name, FX graph, example inputs)] of the compiled sampling forward or training step, traced on meta."""
+    import torch.nn.functional as F
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.func import functional_call
+    embed = unet.timestep_embedding
+    unet.timestep_embedding = lambda t, dim: embed(t, dim).to(torch.bfloat16)    # a bf16 model's input dtype
+    if what == 'train':
+        cfg['model']['params']['dropout'] = 0.0
+    model = build_model(cfg['model']).to(device='meta')
+    c, s = cfg['model']['params']['in_channels'], cfg['data']['img_size']
+    x = torch.empty(batch, c, s, s, device='meta')
+    t = torch.empty(batch, dtype=torch.long, device='meta')
+    graphs = []
+
+    def capture(name):
+        def compiler(gm, example_inputs):
+            graphs.append((name, gm, example_inputs))
+            return gm
+        return compiler
+    backend = aot_autograd(fw_compiler=capture('forward'), bw_compiler=capture('backward'),
+                           decompositions=select_decomp_table())
+    if what == 'sample':
+        model = model.to(torch.bfloat16).eval()
+        with torch.no_grad():
+            torch.compile(model, backend=backend, fullgraph=True)(x.to(torch.bfloat16), t)
+    else:
+        def step(params, x, t, noise):            # float32 weights cast to bf16 inside the step, as autocast does
+            out = functional_call(model, {k: v.to(torch.bfloat16) for k, v in params.items()},
+                                  (x.to(torch.bfloat16), t))
+            return F.mse_loss(out.float(), noise)
+        params = dict(model.train().named_parameters())
+        torch.compile(step, backend=backend, fullgraph=True)(params, x, t, torch.empty_like(x)).backward()
+    unet.timestep_embedding = embed
+    return graphs
+
+
+def summary(src):
+    """Launch counts in one generated module: Triton kernels by kind (name without its number), extern calls."""
+    import collections
+    import re
+    call = src[src.index('def call('):]
+    kinds = collections.Counter(re.sub(r'_\d+$', '', m) for m in re.findall(r'(triton_\w+)\.run\(', call))
+    kinds.update(re.findall(r'(extern_kernels\.\w+|torch\.ops\.aten\.\w+)(?:\.\w+)?\(', call))
+    return kinds
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default=os.path.join(ROOT, 'configs/ddpm_cifar10.yaml'))
-    p.add_argument('--batch', type=int, default=500)
+    p.add_argument('--what', choices=('sample', 'train'), default='sample')
+    p.add_argument('--batch', type=int, default=None, help='default: 500 for sample, 128 for train')
     p.add_argument('--norm-stats', default='auto', help='models.unet.GroupNorm.compiled_stats')
-    p.add_argument('--out', default='inductor_code.py')
+    p.add_argument('--top', type=int, default=12, help='kernel kinds listed per graph')
+    p.add_argument('--out', default='inductor_code.py', help="the code file; training writes OUT's forward and "
+                                                                "backward as two files (-forward, -backward)")
     args = p.parse_args()
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._inductor.decomposition import select_decomp_table
+    warnings.filterwarnings('ignore')              # autograd-on-meta and boxed-call notices
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
-    cfg = load_config(args.config)
     unet.GroupNorm.compiled_stats = args.norm_stats
-    embed = unet.timestep_embedding
-    unet.timestep_embedding = lambda t, dim: embed(t, dim).to(torch.bfloat16)    # the bf16 model's input dtype
-    model = build_model(cfg['model']).to(device='meta', dtype=torch.bfloat16).eval()
-    c, s = cfg['model']['params']['in_channels'], cfg['data']['img_size']
-    x = torch.empty(args.batch, c, s, s, device='meta', dtype=torch.bfloat16)
-    t = torch.empty(args.batch, dtype=torch.long, device='meta')
-    captured = {}
-
-    def capture(gm, example_inputs):
-        captured['gm'], captured['inputs'] = gm, example_inputs
-        return gm
-    with torch.no_grad():
-        torch.compile(model, backend=aot_autograd(fw_compiler=capture, decompositions=select_decomp_table()),
-                      fullgraph=True)(x, t)
-    gm = captured['gm']
-    cuda = torch.device('cuda', 0)
-    for n in gm.graph.nodes:                          # factory calls that name the meta device
-        if n.kwargs.get('device') == torch.device('meta'):
-            n.kwargs = {**n.kwargs, 'device': cuda}
-    gm.recompile()
+    batch = args.batch or (500 if args.what == 'sample' else 128)
+    graphs = capture_graphs(load_config(args.config), args.what, batch)
     pretend_cuda()
     import torch._inductor.async_compile as async_compile
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx_inner
     async_compile.AsyncCompile.triton = lambda self, kernel_name, source_code, device_str='cuda': None
     inductor_config.compile_threads = 1
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with mode:
-        inputs = [torch.empty_strided(e.shape, e.stride(), dtype=e.dtype, device=cuda) for e in captured['inputs']]
-    FakeTensorProp(gm, mode).propagate(*inputs)
-    cache = tempfile.mkdtemp(prefix='inductor-code-')
-    with inductor_config.patch(fx_graph_cache=False), mode:
+    inductor_config.force_layout_optimization = args.what == 'train'
+    cuda = torch.device('cuda', 0)
+    for name, gm, example_inputs in graphs:
+        for n in gm.graph.nodes:                          # factory calls that name the meta device
+            if n.kwargs.get('device') == torch.device('meta'):
+                n.kwargs = {**n.kwargs, 'device': cuda}
+        gm.recompile()
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        with mode:
+            inputs = [torch.empty_strided(e.shape, e.stride(), dtype=e.dtype, device=cuda)
+                      if isinstance(e, torch.Tensor) else e for e in example_inputs]
+        FakeTensorProp(gm, mode).propagate(*inputs)
+        cache = tempfile.mkdtemp(prefix='inductor-code-')
         os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache
-        compile_fx_inner(gm, inputs, is_inference=True)
-    files = sorted(glob.glob(os.path.join(cache, '*', 'c*.py')), key=os.path.getmtime)
-    shutil.copy(files[-1], args.out)
-    shutil.rmtree(cache, ignore_errors=True)
-    src = open(args.out).read()
-    print(f"{args.out}: {src.count('@triton.jit')} Triton kernels, "
-          f"{src.count('extern_kernels.convolution(')} convolutions, "
-          f"{src.count('extern_kernels.addmm(') + src.count('extern_kernels.mm(')} GEMMs")
+        with inductor_config.patch(fx_graph_cache=False), mode:
+            compile_fx_inner(gm, inputs, is_inference=args.what == 'sample', is_backward=name == 'backward')
+        files = sorted(glob.glob(os.path.join(cache, '*', 'c*.py')), key=os.path.getmtime)
+        root, ext = os.path.splitext(args.out)
+        out = args.out if args.what == 'sample' else f'{root}-{name}{ext}'
+        shutil.copy(files[-1], out)
+        shutil.rmtree(cache, ignore_errors=True)
+        kinds = summary(open(out).read())
+        n_triton = sum(v for k, v in kinds.items() if k.startswith('triton_'))
+        print(f'{out}: {name}, {n_triton} Triton launches, '
+              f'{sum(v for k, v in kinds.items() if not k.startswith("triton_"))} extern/aten calls')
+        for k, v in kinds.most_common(args.top):
+            print(f'  {v:5d}  {k}')
 
 
 if __name__ == '__main__':
