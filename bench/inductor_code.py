@@ -3,10 +3,11 @@
     python bench/inductor_code.py [--config configs/ddpm_cifar10.yaml] [--what sample|train] [--batch N] [--out F]
 
 What it does: traces the UNet's no-grad forward (`sample`, the sampling network call, batch 500 by default) or a
-training step's forward and backward (`train`, batch 128, loss as in DDPM's simple loss) with torch.compile on the
-meta device, relabels the captured graphs to fake CUDA tensors, stubs the few CUDA queries inductor makes (an H100's properties:
-132 SMs, compute capability 9.0) and the Triton compile, and runs inductor's lowering and scheduling, which write
-the same kernels, fusions and call sequence a GPU run writes. Kernel sources are kept, not compiled or timed.
+training step's forward and backward (`train`, batch 128, an MSE loss on the network output) with torch.compile on the
+meta device, relabels the captured graphs to fake CUDA tensors, stubs the few CUDA queries inductor makes (an
+H100's properties: 132 SMs, compute capability 9.0) and the Triton compile, and runs inductor's lowering and
+scheduling, which write the same kernels, fusions and call sequence a GPU run writes. Kernel sources are kept,
+not compiled or timed.
 Limits: autocast does not act on meta tensors, so `sample` casts the model to bf16 (an autocast run also casts
 the weights every forward), and `train` keeps float32 parameters and casts each to bf16 at the top of the step (as
 autocast's weight casts do), with dropout off (its random ops need a real CUDA generator here); SDPA takes its math

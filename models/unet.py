@@ -69,6 +69,8 @@ def group_norm_from_chunk_stats(x, groups, weight, bias, eps, chunk_rows=64):
     total variance over the group's chunks and channels (all of equal size):
         mean_g = avg m_{k,c},    var_g = avg v_{k,c} + avg (m_{k,c} - mean_g)^2     (k over chunks, c over the group)
     Then y = x * scale + shift, as in group_norm_from_channel_stats. Statistics in float32 at least; y in x's dtype.
+    Kept as an option, not used by default: on an H100 the compiled sampling chain ran 20% slower with it than with
+    per-channel statistics, whose reductions already ran near the memory bandwidth (bench/NOTES.md, attempt 8).
     """
     B, C, H, W = x.shape
     R = chunk_rows if (H * W) % chunk_rows == 0 else H * W
@@ -102,9 +104,9 @@ class GroupNorm(nn.GroupNorm):
       went from 7% slower than NCHW to on par. An NCHW x: plain nn.GroupNorm.
     - Inside torch.compile, per `compiled_stats`: 'per_group' traces nn.GroupNorm; 'per_channel' traces
       group_norm_from_channel_stats; 'per_chunk' group_norm_from_chunk_stats; 'auto' (default) takes per_channel
-      when no gradient is taken (sampling) and per_group when one is (training). Measured on an H200 (bench/NOTES.md, attempt 6): per_channel made the
-      compiled sampling forward 14% faster, and the channels_last training step (train.compile_force_layout_opt)
-      10% slower.
+      when no gradient is taken (sampling) and per_group when one is (training). Measured (bench/NOTES.md): on an
+      H200 (attempt 6) per_channel made the compiled sampling forward 14% faster and the channels_last training
+      step (train.compile_force_layout_opt) 10% slower; on an H100 (attempt 8) per_chunk made sampling 20% slower.
     """
 
     compiled_stats = 'auto'

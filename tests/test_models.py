@@ -9,8 +9,8 @@ import torch.nn as nn
 import yaml
 
 from models import EMA, UNet, build_model
-from models.unet import (AttnBlock, GroupNorm, group_norm_from_channel_stats, group_norm_from_chunk_stats, timestep_embedding,
-                         upsample_nearest2x)
+from models.unet import (AttnBlock, GroupNorm, group_norm_from_channel_stats, group_norm_from_chunk_stats,
+                         timestep_embedding, upsample_nearest2x)
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
