@@ -22,8 +22,8 @@ fast  = the recommended setting: data on the GPU, bf16 autocast, torch.compile w
         channels_last), fast-gnchan / fast-gnchunk (per-channel / per-chunk statistics in training too),
         fast-oldmodel (attempt 7's attention and upsampling forwards), fast-combo (inductor's combo kernels),
         fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (inductor's coordinate-descent tuning),
-        eager-bf16; sampling fast-nofreeze, fast-gngroup, fast-gnchunk,
-        fast-oldmodel, fast-cdt, fast-cl, fast-cudnn, fast-cl-cudnn, fast-autotune.
+        eager-bf16; sampling fast-nofreeze, fast-gngroup, fast-gnchunk, fast-oldmodel, fast-cdt, fast-cl,
+        fast-cudnn, fast-cl-cudnn, fast-autotune.
 """
 import argparse
 import gzip
@@ -118,6 +118,7 @@ def apply_variant(spec):
             return model
         undo.append((models, 'build_model', build))
         models.build_model = build_cl
+
     def restore():
         for obj, name, value in reversed(undo):
             setattr(obj, name, value)
@@ -176,8 +177,8 @@ def summarize_training(windows):
 SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark, inductor options,
                    # GroupNorm.compiled_stats
     'plain': ('fp32', None, torch.contiguous_format, False, {}, 'auto'),
-    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),   # auto: per
-                                                                                      # channel here; as sample_ddpm
+    # fast: as sample_ddpm.py --compile (freezing); 'auto' statistics are per channel in this no-grad graph
+    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
     'fast-nofreeze': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'auto'),
     'fast-gngroup': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'per_group'),
     'fast-gnchunk': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'per_chunk'),
@@ -198,12 +199,10 @@ SAMPLE_VARIANT = {'fast-oldmodel': {'old_model': True}}
 def time_sampling(cfg, mode, batch, steps, device):
     """Seconds per reverse step of the full-T chain at `batch` images (median over 3 repeats)."""
     import torch._inductor.config
-    from models.unet import GroupNorm
     precision, compile_mode, fmt, cudnn_bench, inductor, norm_stats = SAMPLE_MODES[mode]
     torch._dynamo.reset()                              # each mode compiles afresh
     torch.backends.cudnn.benchmark = cudnn_bench
-    default_stats, GroupNorm.compiled_stats = GroupNorm.compiled_stats, norm_stats
-    restore = apply_variant(SAMPLE_VARIANT.get(mode, {}))
+    restore = apply_variant({'norm_stats': norm_stats, **SAMPLE_VARIANT.get(mode, {})})
     try:
         model = build_model(cfg['model']).to(device).eval().to(memory_format=fmt)
         diffusion = DDPM.from_config(cfg['diffusion'])
@@ -228,9 +227,8 @@ def time_sampling(cfg, mode, batch, steps, device):
                 end.record()
                 torch.cuda.synchronize()
                 times.append(start.elapsed_time(end) / 1000 / steps)
-        torch.backends.cudnn.benchmark = False
-        GroupNorm.compiled_stats = default_stats
     finally:
+        torch.backends.cudnn.benchmark = False
         restore()
     return statistics.median(times)
 

@@ -8,8 +8,8 @@ which would add a copy to every timing; attempt 6 timed the sampling setting tha
   sample: forward only, batch 500 (one reverse step of the sampling chain)
   train:  forward + backward, batch 128
 and three formulations: `per_group` (F.group_norm, what nn.GroupNorm traces to), `per_channel`
-(models.unet.group_norm_from_channel_stats), `per_chunk` (group_norm_from_chunk_stats), each on an NCHW and on a channels_last x. The bandwidth column
-counts the least traffic each must move (forward: read x, write y; forward + backward: also read x and
+(models.unet.group_norm_from_channel_stats), `per_chunk` (group_norm_from_chunk_stats), each on an NCHW and on a
+channels_last x. The bandwidth column counts the least traffic each must move (forward: read x, write y; forward + backward: also read x and
 dy, write dx) over the time, next to a plain copy's rate on the same tensor. Times: CUDA events over 50
 calls after warm-up, median of 3. Only the `--top` shapes with the most elements (count x size) are timed
 (the default 6 hold 91% of the CIFAR-10 UNet's GroupNorm input); totals weight each by how many norms have it.
