@@ -20,8 +20,7 @@ from torchvision.utils import save_image
 
 import datasets
 from diffusions import DDPM
-from models import EMA, build_model, compile_model
-from models.ema import unwrap
+from models import EMA, BF16Weights, build_model, compile_model
 from utils import checkpoint as ckpt
 from utils.config import SHIPPED, ArgumentParser, parse_args, save_config
 from utils.errors import UserError, run_main
@@ -49,6 +48,9 @@ def check_config(cfg):
             raise UserError(f"train.{key} must be positive, got {tc[key]}")
     if tc['mixed_precision'] not in (None, False, 'no', 'fp16', 'bf16'):
         raise UserError(f"train.mixed_precision must be null, no, fp16 or bf16, got {tc['mixed_precision']!r}")
+    if tc['bf16_weights'] and tc['mixed_precision'] not in (None, 'bf16'):
+        raise UserError(f"train.bf16_weights needs bf16 mixed precision, but train.mixed_precision is "
+                        f"{tc['mixed_precision']!r}; set --train.mixed_precision bf16 or --train.bf16_weights false")
     levels = len(mp['dim_mults'])
     if dc['img_size'] % 2 ** (levels - 1):
         raise UserError(f"data.img_size {dc['img_size']} must be divisible by {2 ** (levels - 1)} for a UNet with "
@@ -68,6 +70,10 @@ def main():
     mixed_precision = {False: 'no'}.get(tc['mixed_precision'], tc['mixed_precision'])  # YAML reads `no` as false
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if tc['bf16_weights'] and accelerator.mixed_precision != 'bf16':
+        raise UserError(f"train.bf16_weights needs bf16 mixed precision, but this run has {accelerator.mixed_precision!r}; "
+                        f"pass --train.mixed_precision bf16 (or accelerate launch --mixed_precision bf16), or "
+                        f"--train.bf16_weights false")
     if tc['batch_size'] % world:
         raise UserError(f"train.batch_size {tc['batch_size']} does not divide over {world} processes; "
                         f"use a multiple of {world}")
@@ -114,17 +120,21 @@ def main():
              f"batch {tc['batch_size']} = {world} x {batch}" + (f' in micro-batches of {micro}' if micro < batch else ''))
 
     # ---------------------------------------------------------------- model, EMA, optimizer, diffusion
+    # `net` holds the fp32 weights: the optimizer, the EMA and the checkpoints use it. `model` is what runs the
+    # forward: net itself, or (train.bf16_weights) a copy of it with bf16 conv/linear weights; compiled, wrapped.
     diffusion = DDPM.from_config(cfg['diffusion'])
-    model = build_model(cfg['model']).to(device)
-    log.info(f'model: {sum(p.numel() for p in model.parameters()):,} parameters')
+    net = build_model(cfg['model']).to(device)
+    log.info(f'model: {sum(p.numel() for p in net.parameters()):,} parameters')
     memory_format = torch.channels_last if tc['channels_last'] else torch.contiguous_format
     torch.backends.cudnn.benchmark = tc['cudnn_benchmark']
-    model = model.to(memory_format=memory_format)
-    ema = EMA(model, tc['ema_decay'], tc['ema_warmup'])
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc['lr'], betas=tuple(tc['adam_betas']),
+    net = net.to(memory_format=memory_format)
+    bf16_weights = BF16Weights(net) if tc['bf16_weights'] else None    # before the EMA copies net's layout
+    ema = EMA(net, tc['ema_decay'], tc['ema_warmup'])
+    optimizer = torch.optim.Adam(net.parameters(), lr=tc['lr'], betas=tuple(tc['adam_betas']),
                                  weight_decay=tc['weight_decay'], fused=device.type == 'cuda')
     warmup = max(tc['warmup_steps'], 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    model = bf16_weights.model if bf16_weights else net
     if tc['compile']:
         model = compile_model(model, tc['compile_mode'], tc['compile_force_layout_opt'])
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -133,8 +143,10 @@ def main():
     step = 0
     step_gen = torch.Generator(device).manual_seed(cfg['seed'])     # t and ε; the same on every process
     if resume_dir is not None:
-        step = load_checkpoint(resume_dir, unwrap(model), ema, optimizer, scheduler, accelerator, loader, step_gen,
-                               rank)
+        step = load_checkpoint(resume_dir, net, ema, optimizer, scheduler, accelerator, loader, step_gen, rank)
+        if bf16_weights:
+            bf16_weights.refresh()
+            bf16_weights.match_optimizer_state(optimizer.optimizer)
         ema.decay = tc['ema_decay']           # the config's decay, even if the checkpoint was made with another
         log.info(f'resumed from {resume_dir} at step {step}')
 
@@ -152,7 +164,7 @@ def main():
             os.makedirs(tmp, exist_ok=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            ckpt.save_file(unwrap(model).state_dict(), os.path.join(tmp, 'model.pt'))
+            ckpt.save_file(net.state_dict(), os.path.join(tmp, 'model.pt'))
             ckpt.save_file(ema.state_dict(), os.path.join(tmp, 'ema.pt'))
             ckpt.save_file(optimizer.state_dict(), os.path.join(tmp, 'optimizer.pt'))
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
@@ -214,13 +226,17 @@ def main():
                 loss = diffusion.training_loss(model, x[part], t[part], noise[part]) / n_micro
             accelerator.backward(loss)
             loss_sum += loss.detach()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc['grad_clip'])
+        if bf16_weights:
+            bf16_weights.grads_to_master()
+        grad_norm = accelerator.clip_grad_norm_(net.parameters(), tc['grad_clip'])
         bad = ~torch.isfinite(loss_sum) if skip_on_overflow else ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
         nonfinite = torch.maximum(nonfinite, bad.float())
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        ema.update(model)
+        if bf16_weights:
+            bf16_weights.refresh()
+        ema.update(net)
         step += 1
         pbar.update(1)
 

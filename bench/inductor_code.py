@@ -1,6 +1,7 @@
 """Inductor's generated CUDA (Triton) code for the UNet, written on a machine without a GPU.
 
-    python bench/inductor_code.py [--config configs/ddpm_cifar10.yaml] [--what sample|train] [--batch N] [--out F]
+    python bench/inductor_code.py [--config configs/ddpm_cifar10.yaml] [--what sample|train] [--bf16-weights]
+                                  [--batch N] [--out F]
 
 What it does: traces the UNet's no-grad forward (`sample`, the sampling network call, batch 500 by default) or a
 training step's forward and backward (`train`, batch 128, an MSE loss on the network output) with torch.compile on the
@@ -9,8 +10,9 @@ H100's properties: 132 SMs, compute capability 9.0) and the Triton compile, and 
 scheduling, which write the same kernels, fusions and call sequence a GPU run writes. Kernel sources are kept,
 not compiled or timed.
 Limits: autocast does not act on meta tensors, so `sample` casts the model to bf16 (an autocast run also casts
-the weights every forward), and `train` keeps float32 parameters and casts each to bf16 at the top of the step (as
-autocast's weight casts do), with dropout off (its random ops need a real CUDA generator here); SDPA takes its math
+the weights every forward), and `train` keeps float32 parameters and casts the conv/linear ones to bf16 at the top
+of the step (as autocast does; with --bf16-weights the conv/linear parameters are bf16 already, conv weights
+channels_last, as train.bf16_weights gives the compiled model), with dropout off (its random ops need a real CUDA generator here); SDPA takes its math
 path (bmm + softmax), since no fused attention backend is available; layout optimization is inductor's own
 decision for the inference graph and forced for training, as the shipped configs do. Used before attempt 8
 (bench/NOTES.md) to find the q/k/v bias passes and to read the GroupNorm reductions, and after attempt 10 to count
@@ -68,7 +70,7 @@ def pretend_cuda():
     torch._C._conv_determine_backend_memory_format = cudnn_format
 
 
-def capture_graphs(cfg, what, batch):
+def capture_graphs(cfg, what, batch, bf16_weights=False):
     """[(name, FX graph, example inputs)] of the compiled sampling forward or training step, traced on meta."""
     import torch.nn.functional as F
     from torch._dynamo.backends.common import aot_autograd
@@ -96,11 +98,18 @@ def capture_graphs(cfg, what, batch):
         with torch.no_grad():
             torch.compile(model, backend=backend, fullgraph=True)(x.to(torch.bfloat16), t)
     else:
+        def cast(k):                              # the tensors autocast casts: conv and linear weights and biases
+            return isinstance(model.get_submodule(k.rpartition('.')[0]), (torch.nn.Conv2d, torch.nn.Linear))
+
         def step(params, x, t, noise):            # float32 weights cast to bf16 inside the step, as autocast does
-            out = functional_call(model, {k: v.to(torch.bfloat16) for k, v in params.items()},
+            out = functional_call(model, {k: v.to(torch.bfloat16) if cast(k) else v for k, v in params.items()},
                                   (x.to(torch.bfloat16), t))
             return F.mse_loss(out.float(), noise)
         params = dict(model.train().named_parameters())
+        if bf16_weights:                          # models.BF16Weights: bf16 leaves for conv/linear, NHWC conv weights
+            params = {k: v.detach().to(torch.bfloat16, memory_format=torch.channels_last if v.dim() == 4 else
+                                       torch.preserve_format).requires_grad_() if cast(k) else v
+                      for k, v in params.items()}
         torch.compile(step, backend=backend, fullgraph=True)(params, x, t, torch.empty_like(x)).backward()
     unet.timestep_embedding = embed
     return graphs
@@ -120,6 +129,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default=os.path.join(ROOT, 'configs/ddpm_cifar10.yaml'))
     p.add_argument('--what', choices=('sample', 'train'), default='sample')
+    p.add_argument('--bf16-weights', action='store_true', help='train: as train.bf16_weights (models.BF16Weights)')
     p.add_argument('--batch', type=int, default=None, help='default: 500 for sample, 128 for train')
     p.add_argument('--norm-stats', default='auto', help='models.unet.GroupNorm.compiled_stats')
     p.add_argument('--top', type=int, default=12, help='kernel kinds listed per graph')
@@ -131,7 +141,7 @@ def main():
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
     unet.GroupNorm.compiled_stats = args.norm_stats
     batch = args.batch or (500 if args.what == 'sample' else 128)
-    graphs = capture_graphs(load_config(args.config), args.what, batch)
+    graphs = capture_graphs(load_config(args.config), args.what, batch, args.bf16_weights)
     pretend_cuda()
     import torch._inductor.async_compile as async_compile
     from torch._inductor import config as inductor_config

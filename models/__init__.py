@@ -1,10 +1,11 @@
-"""Networks: the DDPM UNet and an EMA of a model's weights. Nothing here knows about diffusion."""
+"""Networks: the DDPM UNet, an EMA of a model's weights and a bf16 copy of them. Nothing here knows about diffusion."""
 import inspect
 
 import torch
 
 from utils.errors import UserError
 
+from .bf16_weights import BF16Weights
 from .ema import EMA
 from .unet import UNet
 

@@ -331,3 +331,81 @@ def test_ema_state_dict_round_trip():
     other.update(live)
     for k, v in ema.model.state_dict().items():
         assert torch.equal(other.model.state_dict()[k], v)
+
+
+def channels_last_convs(model):
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def test_bf16_weights_give_autocast_numbers_bit_for_bit():
+    """The bf16 copy's loss and (copied back) gradients equal bf16 autocast on the fp32 model, bit for bit, when
+    the fp32 model's conv weights have the same (channels_last) layout; GroupNorm parameters are shared."""
+    import copy
+    from models import BF16Weights
+    master = tiny_unet(in_channels=1, out_channels=1)
+    ref = channels_last_convs(copy.deepcopy(master))
+    w = BF16Weights(master)
+    assert master.state_dict().keys() == ref.state_dict().keys()
+    assert w.model.norm_out.weight is master.norm_out.weight                      # shared, not copied
+    assert w.model.conv_out.weight.dtype == torch.bfloat16 and w.model.mid[1].qkv.bias.dtype == torch.bfloat16
+    assert w.model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    x, t = torch.randn(4, 1, 16, 16), torch.tensor([0, 5, 50, 99])
+    losses = []
+    for net in (ref, w.model):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            loss = net(x, t).float().pow(2).mean()
+        loss.backward()
+        losses.append(loss)
+    w.grads_to_master()
+    assert torch.equal(losses[0], losses[1])
+    assert all(c.grad is None for c in w.copies)
+    for (name, p), q in zip(ref.named_parameters(), master.parameters()):
+        assert q.grad.dtype == torch.float32 and q.grad.stride() == q.stride(), name    # as fused Adam needs
+        assert torch.equal(p.grad, q.grad), name
+    assert any(p.grad.abs().max() > 0 for p in master.parameters())
+
+
+def test_bf16_weights_refresh_and_optimizer_state_layout():
+    from models import BF16Weights
+    master = tiny_unet(in_channels=1, out_channels=1)
+    opt = torch.optim.Adam(master.parameters())
+    w = BF16Weights(master)
+    with torch.no_grad():
+        master.conv_in.weight.add_(1.0)
+        master.mid[1].qkv.bias.add_(0.5)
+    assert not torch.equal(w.model.conv_in.weight, master.conv_in.weight.bfloat16())
+    w.refresh()
+    assert torch.equal(w.model.conv_in.weight, master.conv_in.weight.bfloat16())
+    assert torch.equal(w.model.mid[1].qkv.bias, master.mid[1].qkv.bias.bfloat16())
+    # optimizer state loaded from a run without the copy (NCHW conv states) takes the parameters' strides
+    p = master.conv_in.weight
+    saved = torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape)     # NCHW
+    opt.state[p] = {'step': torch.tensor(3.0), 'exp_avg': saved.clone(), 'exp_avg_sq': saved.clone()}
+    w.match_optimizer_state(opt)
+    for k in ('exp_avg', 'exp_avg_sq'):
+        assert opt.state[p][k].stride() == p.stride() and torch.equal(opt.state[p][k], saved)
+    assert opt.state[p]['step'].item() == 3.0
+
+
+def test_project_embedding_gives_each_block_its_own_linear_layer():
+    """UNet.project_embedding (all blocks' emb_proj as one matrix product) equals each block's own linear layer,
+    and in the forward each ResBlock receives its own projection."""
+    from models.unet import ResBlock
+    model = tiny_unet()
+    blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
+    assert list(model.res_blocks) == blocks and len(blocks) == 8
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 70])
+    emb = torch.nn.functional.silu(model.time_embed(timestep_embedding(t, model.dim)))
+    for block, out in zip(blocks, model.project_embedding(emb)):
+        torch.testing.assert_close(out, block.emb_proj(emb))
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda m, args: seen.append((m, args[1]))) for b in blocks]
+    model(x, t)
+    for h in hooks:
+        h.remove()
+    assert [m for m, _ in seen] == blocks
+    for block, got in seen:
+        torch.testing.assert_close(got, block.emb_proj(emb))
