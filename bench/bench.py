@@ -12,7 +12,8 @@ Sampling is timed in-process on a slice of the chain (`--sample-steps` reverse s
 CUDA-event timing) and extrapolated to the 1000-step chain and to a 100-step skip chain (same cost per step).
 
 plain = eager fp32, NCHW, DataLoader workers (the repo's own baseline).
-fast  = the recommended setting: data on the GPU, bf16 autocast, torch.compile with CUDA graphs
+fast  = the recommended setting: data on the GPU, bf16 autocast, the model run on a bf16 copy of its conv/linear
+        weights (train.bf16_weights), torch.compile with CUDA graphs
         (mode reduce-overhead), convolutions channels_last inside the compiled graph (inductor's layout
         optimization, forced on for training: train.compile_force_layout_opt), NCHW model and data (channels_last
         there measured no faster, see NOTES.md), GroupNorm statistics per channel when sampling (GroupNorm's
@@ -21,8 +22,10 @@ fast  = the recommended setting: data on the GPU, bf16 autocast, torch.compile w
         training fast-nolayout (inductor's heuristic decides the layout), fast-convcl (conv weights stored
         channels_last), fast-gnchan / fast-gnchunk (per-channel / per-chunk statistics in training too),
         fast-oldmodel (attempt 7's attention and upsampling forwards), fast-combo (inductor's combo kernels),
+        fast-nobf16w (autocast on the fp32 weights), fast-perblock (one GEMM per ResBlock embedding projection),
+        fast-a10 (attempt 10's fast: both),
         fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (inductor's coordinate-descent tuning),
-        eager-bf16; sampling fast-nofreeze, fast-gngroup, fast-gnchunk, fast-oldmodel, fast-cdt, fast-cl,
+        eager-bf16; sampling fast-nofreeze, fast-gngroup, fast-gnchunk, fast-oldmodel, fast-perblock, fast-cdt, fast-cl,
         fast-cudnn, fast-cl-cudnn, fast-autotune.
 """
 import argparse
@@ -48,7 +51,8 @@ from models import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 FAST = {'data.on_gpu': 'true', 'train.mixed_precision': 'bf16', 'train.compile': 'true',
-        'train.compile_mode': 'reduce-overhead', 'train.channels_last': 'false', 'train.compile_force_layout_opt': 'true'}
+        'train.compile_mode': 'reduce-overhead', 'train.channels_last': 'false', 'train.compile_force_layout_opt': 'true',
+        'train.bf16_weights': 'true'}
 MODES = {
     'plain': {'data.on_gpu': 'false', 'train.mixed_precision': 'no', 'train.compile': 'false',
               'train.channels_last': 'false'},
@@ -65,12 +69,16 @@ MODES = {
     'fast-oldmodel': FAST,      # attempt 7's AttnBlock and Upsample forwards (MODE_VARIANT), to measure the new ones
     'fast-combo': FAST,         # inductor's combo kernels: independent small kernels (casts) launched as one
     'fast-convcl': FAST,        # conv weights stored channels_last, as the compiled graph uses them (no grad copies)
+    'fast-nobf16w': dict(FAST, **{'train.bf16_weights': 'false'}),    # autocast casts the fp32 weights in the graph
+    'fast-perblock': FAST,      # one linear layer per ResBlock for the embedding projections (MODE_VARIANT)
+    'fast-a10': dict(FAST, **{'train.bf16_weights': 'false'}),        # attempt 10's fast: both of the above
 }
 MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
 # what apply_variant changes in the training process before train_ddpm.py runs (through the VARIANT launcher)
 MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'norm_stats': 'per_chunk'},
                 'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
-                'fast-convcl': {'conv_weights_cl': True}}
+                'fast-convcl': {'conv_weights_cl': True}, 'fast-perblock': {'per_block_emb': True},
+                'fast-a10': {'per_block_emb': True}}
 VARIANT = ('import json, runpy, sys; sys.path.insert(0, "bench"); import bench; '
            'bench.apply_variant(json.loads(sys.argv.pop(1))); sys.argv.pop(0); '
            'runpy.run_path(sys.argv[0], run_name="__main__")')
@@ -92,6 +100,11 @@ def _old_upsample_forward(self, x):
     return self.conv(F.interpolate(x, scale_factor=2.0, mode='nearest'))
 
 
+def _per_block_projections(self, emb):
+    """UNet.project_embedding before attempt 11: each ResBlock's own linear layer, one GEMM each."""
+    return [block.emb_proj(emb) for block in self.res_blocks]
+
+
 def apply_variant(spec):
     """Apply a bench variant to this process (see MODE_VARIANT); return a function that undoes it."""
     import torch._inductor.config as inductor_config
@@ -107,6 +120,9 @@ def apply_variant(spec):
     if spec.get('old_model'):
         undo += [(unet.AttnBlock, 'forward', unet.AttnBlock.forward), (unet.Upsample, 'forward', unet.Upsample.forward)]
         unet.AttnBlock.forward, unet.Upsample.forward = _old_attn_forward, _old_upsample_forward
+    if spec.get('per_block_emb'):
+        undo.append((unet.UNet, 'project_embedding', unet.UNet.project_embedding))
+        unet.UNet.project_embedding = _per_block_projections
     if spec.get('conv_weights_cl'):
         build = models.build_model
 
@@ -183,6 +199,7 @@ SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format,
     'fast-gngroup': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'per_group'),
     'fast-gnchunk': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'per_chunk'),
     'fast-oldmodel': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
+    'fast-perblock': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
     'fast-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False,
                  {'freezing': True, 'coordinate_descent_tuning': True}, 'auto'),
     'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False, {}, 'auto'),
@@ -192,7 +209,7 @@ SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format,
 }
 
 
-SAMPLE_VARIANT = {'fast-oldmodel': {'old_model': True}}
+SAMPLE_VARIANT = {'fast-oldmodel': {'old_model': True}, 'fast-perblock': {'per_block_emb': True}}
 
 
 @torch.no_grad()
