@@ -23,7 +23,7 @@ fast  = the recommended setting: data on the GPU, bf16 autocast, the model run o
         channels_last), fast-gnchan / fast-gnchunk (per-channel / per-chunk statistics in training too),
         fast-oldmodel (attempt 7's attention and upsampling forwards), fast-combo (inductor's combo kernels),
         fast-nobf16w (autocast on the fp32 weights), fast-perblock (one GEMM per ResBlock embedding projection),
-        fast-a10 (attempt 10's fast: both),
+        fast-a10 (attempt 10's fast: both), fast-bf16nchw (the bf16 copy keeps NCHW conv weights),
         fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (inductor's coordinate-descent tuning),
         eager-bf16; sampling fast-nofreeze, fast-gngroup, fast-gnchunk, fast-oldmodel, fast-perblock, fast-cdt, fast-cl,
         fast-cudnn, fast-cl-cudnn, fast-autotune.
@@ -72,13 +72,14 @@ MODES = {
     'fast-nobf16w': dict(FAST, **{'train.bf16_weights': 'false'}),    # autocast casts the fp32 weights in the graph
     'fast-perblock': FAST,      # one linear layer per ResBlock for the embedding projections (MODE_VARIANT)
     'fast-a10': dict(FAST, **{'train.bf16_weights': 'false'}),        # attempt 10's fast: both of the above
+    'fast-bf16nchw': FAST,      # the bf16 copy with the conv weights' NCHW layout kept (MODE_VARIANT)
 }
 MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
 # what apply_variant changes in the training process before train_ddpm.py runs (through the VARIANT launcher)
 MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'norm_stats': 'per_chunk'},
                 'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
                 'fast-convcl': {'conv_weights_cl': True}, 'fast-perblock': {'per_block_emb': True},
-                'fast-a10': {'per_block_emb': True}}
+                'fast-a10': {'per_block_emb': True}, 'fast-bf16nchw': {'bf16_weights_nchw': True}}
 VARIANT = ('import json, runpy, sys; sys.path.insert(0, "bench"); import bench; '
            'bench.apply_variant(json.loads(sys.argv.pop(1))); sys.argv.pop(0); '
            'runpy.run_path(sys.argv[0], run_name="__main__")')
@@ -123,6 +124,10 @@ def apply_variant(spec):
     if spec.get('per_block_emb'):
         undo.append((unet.UNet, 'project_embedding', unet.UNet.project_embedding))
         unet.UNet.project_embedding = _per_block_projections
+    if spec.get('bf16_weights_nchw'):
+        import functools
+        undo.append((models, 'BF16Weights', models.BF16Weights))
+        models.BF16Weights = functools.partial(models.BF16Weights, channels_last=False)
     if spec.get('conv_weights_cl'):
         build = models.build_model
 

@@ -24,15 +24,16 @@ class BF16Weights:
     fp32 as `grads_to_master` does. Other parameters (GroupNorm's, which autocast runs in fp32) are shared, not
     copied: ``self.model`` holds the same Parameter objects, and their gradients reach ``model`` directly.
 
-    Layout: 4-D (convolution) weights of ``model`` are made channels_last in place, and the copy's are too, so a
-    channels_last compiled graph takes them as they are and their gradients need no layout change; the
-    multi-tensor copies need matching strides on both sides. ``model``'s state_dict keeps its names and shapes.
+    Layout (`channels_last`, default True): 4-D (convolution) weights of ``model`` are made channels_last in place,
+    and the copy's are too, so a channels_last compiled graph takes them as they are and their gradients need no
+    layout change; the multi-tensor copies need matching strides on both sides. ``model``'s state_dict keeps its
+    names and shapes. False leaves the layouts alone.
     With gradient accumulation or DDP, the copied weights' gradients are summed and all-reduced in bf16.
     """
 
-    def __init__(self, model: nn.Module, dtype=torch.bfloat16):
+    def __init__(self, model: nn.Module, dtype=torch.bfloat16, channels_last=True):
         for m in model.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and channels_last:
                 m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
         self.model = copy.deepcopy(model)
         self.master, self.copies = [], []

@@ -98,13 +98,14 @@ _COMPILED_STATS = {'per_channel': group_norm_from_channel_stats, 'per_chunk': gr
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm with two other ways to compute it; same parameters, state_dict and values (to float rounding).
 
-    - A channels_last x (memory laid out as NHWC; model and data in channels_last): normalised on a free NHWC
-      view, (B, H*W, groups, C/groups), with float32 statistics; the result keeps x's dtype and layout, so no
-      norm needs an NCHW copy. Measured on an H100 (bench/NOTES.md, attempt 3): compiled channels_last training
-      went from 7% slower than NCHW to on par. An NCHW x: plain nn.GroupNorm.
-    - Inside torch.compile, per `compiled_stats`: 'per_group' traces nn.GroupNorm; 'per_channel' traces
-      group_norm_from_channel_stats; 'per_chunk' group_norm_from_chunk_stats; 'auto' (default) takes per_channel
-      when no gradient is taken (sampling) and per_group when one is (training). Measured (bench/NOTES.md): on an
+    - Eager, a channels_last x (memory laid out as NHWC; model and data in channels_last): normalised on a free
+      NHWC view, (B, H*W, groups, C/groups), with float32 statistics; the result keeps x's dtype and layout, so no
+      norm needs an NCHW copy. An NCHW x: plain nn.GroupNorm. (Attempt 3 measured this path under torch.compile
+      too; attempt 11 found that its compiled backward is one slow reduction, 0.28 ms per call in the MNIST step,
+      once the traced activations were channels_last, so the compiled path below never takes it.)
+    - Inside torch.compile, whatever x's layout, per `compiled_stats`: 'per_group' traces nn.GroupNorm;
+      'per_channel' traces group_norm_from_channel_stats; 'per_chunk' group_norm_from_chunk_stats; 'auto' (default)
+      takes per_channel when no gradient is taken (sampling) and per_group when one is (training). Measured (bench/NOTES.md): on an
       H200 (attempt 6) per_channel made the compiled sampling forward 14% faster and the channels_last training
       step (train.compile_force_layout_opt) 10% slower; on an H100 (attempt 8) per_chunk made sampling 20% slower.
     """
@@ -118,6 +119,7 @@ class GroupNorm(nn.GroupNorm):
                 stats = 'per_group' if torch.is_grad_enabled() else 'per_channel'
             if stats != 'per_group':
                 return _COMPILED_STATS[stats](x, self.num_groups, self.weight, self.bias, self.eps)
+            return super().forward(x)     # whatever x's traced layout: inductor lays out group_norm itself
         if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)
         B, C, H, W = x.shape
