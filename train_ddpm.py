@@ -71,8 +71,8 @@ def main():
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if tc['bf16_weights'] and accelerator.mixed_precision != 'bf16':
-        raise UserError(f"train.bf16_weights needs bf16 mixed precision, but this run has {accelerator.mixed_precision!r}; "
-                        f"pass --train.mixed_precision bf16 (or accelerate launch --mixed_precision bf16), or "
+        raise UserError(f"train.bf16_weights needs bf16 mixed precision, but this run has "
+                        f"{accelerator.mixed_precision!r}; pass --train.mixed_precision bf16 (or accelerate launch --mixed_precision bf16), or "
                         f"--train.bf16_weights false")
     if tc['batch_size'] % world:
         raise UserError(f"train.batch_size {tc['batch_size']} does not divide over {world} processes; "

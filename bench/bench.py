@@ -51,8 +51,8 @@ from models import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 FAST = {'data.on_gpu': 'true', 'train.mixed_precision': 'bf16', 'train.compile': 'true',
-        'train.compile_mode': 'reduce-overhead', 'train.channels_last': 'false', 'train.compile_force_layout_opt': 'true',
-        'train.bf16_weights': 'true'}
+        'train.compile_mode': 'reduce-overhead', 'train.channels_last': 'false',
+        'train.compile_force_layout_opt': 'true', 'train.bf16_weights': 'true'}
 MODES = {
     'plain': {'data.on_gpu': 'false', 'train.mixed_precision': 'no', 'train.compile': 'false',
               'train.channels_last': 'false'},

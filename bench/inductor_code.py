@@ -9,14 +9,15 @@ meta device, relabels the captured graphs to fake CUDA tensors, stubs the few CU
 H100's properties: 132 SMs, compute capability 9.0) and the Triton compile, and runs inductor's lowering and
 scheduling, which write the same kernels, fusions and call sequence a GPU run writes. Kernel sources are kept,
 not compiled or timed.
-Limits: autocast does not act on meta tensors, so `sample` casts the model to bf16 (an autocast run also casts
-the weights every forward), and `train` keeps float32 parameters and casts the conv/linear ones to bf16 at the top
-of the step (as autocast does; with --bf16-weights the conv/linear parameters are bf16 already, conv weights
-channels_last, as train.bf16_weights gives the compiled model), with dropout off (its random ops need a real CUDA generator here); SDPA takes its math
-path (bmm + softmax), since no fused attention backend is available; layout optimization is inductor's own
-decision for the inference graph and forced for training, as the shipped configs do. Used before attempt 8
-(bench/NOTES.md) to find the q/k/v bias passes and to read the GroupNorm reductions, and after attempt 10 to count
-the MNIST step's kernels. Prints, per graph, the Triton launches by kernel kind and the extern calls.
+Limits: autocast does not act on meta tensors, so `sample` casts the model to bf16 (an autocast run also casts the
+weights every forward), and `train` keeps float32 parameters and casts the conv/linear ones to bf16 at the top of
+the step (as autocast does; with --bf16-weights the conv/linear parameters are bf16 already, conv weights
+channels_last, as train.bf16_weights gives the compiled model), with dropout off (its random ops need a real CUDA
+generator here); SDPA takes its math path (bmm + softmax), since no fused attention backend is available; layout
+optimization is inductor's own decision for the inference graph and forced for training, as the shipped configs do.
+Used before attempt 8 (bench/NOTES.md) to find the q/k/v bias passes and to read the GroupNorm reductions, and
+after attempt 10 to count the MNIST step's kernels. Prints, per graph, the Triton launches by kernel kind and the
+extern calls.
 """
 import argparse
 import glob

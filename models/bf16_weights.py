@@ -9,9 +9,10 @@ class BF16Weights:
     """A copy of ``model`` whose convolution and linear weights and biases are bf16; the model runs on the copy.
 
     Under bf16 autocast an fp32 model casts each conv/linear weight and bias to bf16 inside every forward, one
-    kernel per tensor, and casts each of their gradients back to fp32 in the backward: on an H100 that was ~400
-    of the ~1400 kernels of a compiled MNIST-config step (bench/NOTES.md, attempt 11). Here those casts are two
-    multi-tensor copies per step, a handful of kernels each:
+    kernel per tensor, and casts each of their gradients back to fp32 in the backward. Here those casts are two
+    multi-tensor copies per step, a handful of kernels each. On an H100 the compiled MNIST-config step went from
+    1489 to 1142 kernels (with UNet.project_embedding) and 1-3% faster; the CIFAR-10 config's step, no faster
+    (bench/NOTES.md, attempts 11-12):
 
         weights = BF16Weights(model)          # before the EMA and the optimizer see the model
         loss = loss_fn(weights.model(x))      # under bf16 autocast

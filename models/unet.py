@@ -105,8 +105,8 @@ class GroupNorm(nn.GroupNorm):
       once the traced activations were channels_last, so the compiled path below never takes it.)
     - Inside torch.compile, whatever x's layout, per `compiled_stats`: 'per_group' traces nn.GroupNorm;
       'per_channel' traces group_norm_from_channel_stats; 'per_chunk' group_norm_from_chunk_stats; 'auto' (default)
-      takes per_channel when no gradient is taken (sampling) and per_group when one is (training). Measured (bench/NOTES.md): on an
-      H200 (attempt 6) per_channel made the compiled sampling forward 14% faster and the channels_last training
+      takes per_channel when no gradient is taken (sampling) and per_group when one is (training). Measured
+      (bench/NOTES.md): on an H200 (attempt 6) per_channel made the compiled sampling forward 14% faster and the channels_last training
       step (train.compile_force_layout_opt) 10% slower; on an H100 (attempt 8) per_chunk made sampling 20% slower.
     """
 
