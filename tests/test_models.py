@@ -216,17 +216,22 @@ def test_reference_init_outputs_zero():
     assert torch.count_nonzero(model(torch.randn(1, 3, 8, 8), torch.tensor([5]))) == 0
 
 
-@pytest.mark.parametrize("stats,grad,expect", [("per_group", False, "group_norm"), ("per_channel", True, "var_mean"),
-                                                ("per_chunk", False, "var_mean"), ("auto", False, "var_mean"),
-                                                ("auto", True, "group_norm")])
-def test_compile_matches_eager(monkeypatch, stats, grad, expect):
+@pytest.mark.parametrize("stats,grad,expect,fmt", [
+    ("per_group", False, "group_norm", "nchw"), ("per_channel", True, "var_mean", "nchw"),
+    ("per_chunk", False, "var_mean", "nchw"), ("auto", False, "var_mean", "nchw"), ("auto", True, "group_norm", "nchw"),
+    ("auto", True, "group_norm", "channels_last"), ("per_group", False, "group_norm", "channels_last")])
+def test_compile_matches_eager(monkeypatch, stats, grad, expect, fmt):
     # Dynamo must trace the whole forward without graph breaks (fullgraph=True). The aot_eager
     # backend keeps this under a few seconds; inductor takes ~1 min cold on 2 CPU cores.
     # GroupNorm.compiled_stats picks what the traced graph holds: group_norm, or per-channel var_mean
-    # ('auto': var_mean without gradients, i.e. sampling; group_norm with them, i.e. training).
+    # ('auto': var_mean without gradients, i.e. sampling; group_norm with them, i.e. training). Channels_last
+    # activations (fmt, or conv weights that are channels_last) must not send it to the eager NHWC path, whose
+    # compiled backward was one slow reduction (bench/NOTES.md, attempt 11).
     monkeypatch.setattr(GroupNorm, "compiled_stats", stats)
     model = tiny_unet().eval()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
+    if fmt == "channels_last":
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     traced = []
 
     def backend(gm, example_inputs):
