@@ -2,6 +2,7 @@
 
     python bench/profile_step.py --config configs/ddpm_cifar10.yaml --mode fast --steps 20 --out OUT_DIR
     python bench/profile_step.py --what sample --batch 500 --out OUT_DIR    # one sampling forward instead
+    python bench/profile_step.py --what chain --batch 500 --out OUT_DIR     # one reverse step: forward + update
 
 The step is the one `train_ddpm.py` runs (loss under autocast, backward, grad clip, fused Adam, foreach
 EMA), built from the same modules, on random uint8 data kept on the GPU; `--mode plain|fast` and the
@@ -57,8 +58,9 @@ def main():
     p.add_argument('--mode', choices=('plain', 'fast'), default='fast')
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--compile-mode', default='reduce-overhead')
-    p.add_argument('--what', choices=('train', 'sample'), default='train',
-                   help='train: one training step; sample: one no-grad forward of the EMA-style eval model')
+    p.add_argument('--what', choices=('train', 'sample', 'chain'), default='train',
+                   help='train: one training step; sample: one no-grad forward of the EMA-style eval model; '
+                        'chain: one DDPM reverse step (the forward and the sampler update around it)')
     p.add_argument('--cudnn-benchmark', action='store_true')
     p.add_argument('--force-layout-opt', choices=('true', 'false'), default=None,
                    help="as train.compile_force_layout_opt (default: the config's)")
@@ -77,8 +79,8 @@ def main():
     fast = args.mode == 'fast'
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    force_layout = fast and (tc['compile_force_layout_opt'] if args.force_layout_opt is None
-                             else args.force_layout_opt == 'true')
+    force_layout = fast and args.what == 'train' and (tc['compile_force_layout_opt'] if args.force_layout_opt is None
+                                                      else args.force_layout_opt == 'true')
     GroupNorm.compiled_stats = args.norm_stats
 
     images = torch.randint(0, 256, (10000, dc['img_channels'], dc['img_size'], dc['img_size']), dtype=torch.uint8)
@@ -89,7 +91,10 @@ def main():
     ema = EMA(model, tc['ema_decay'], tc['ema_warmup'])
     opt = torch.optim.Adam(model.parameters(), lr=tc['lr'], fused=device.type == 'cuda')
     net = weights.model if weights else model
-    net = compile_model(net, args.compile_mode, force_layout) if fast else net
+    if fast and args.what != 'train':       # as sample_ddpm.py --compile: inductor's own layout choice, freezing
+        net = compile_model(net, args.compile_mode, freeze=True)
+    elif fast:
+        net = compile_model(net, args.compile_mode, force_layout)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast)
     gen = torch.Generator(device).manual_seed(0)
 
@@ -118,9 +123,16 @@ def main():
         with autocast:
             net(x_eval, t)
 
-    if args.what == 'sample':
+    x_chain = x_eval.clone()
+
+    @torch.no_grad()
+    def chain_step():           # one reverse step of the chain, as sample_ddpm.py runs it (always the same i)
+        with autocast:
+            diffusion.p_sample(net, x_chain, diffusion.num_steps - 1, gen)
+
+    if args.what != 'train':
         model.eval()
-    step = sample_step if args.what == 'sample' else train_step
+    step = {'train': train_step, 'sample': sample_step, 'chain': chain_step}[args.what]
     for _ in range(args.warmup):
         step()
     if device.type == 'cuda':
