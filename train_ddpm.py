@@ -48,9 +48,6 @@ def check_config(cfg):
             raise UserError(f"train.{key} must be positive, got {tc[key]}")
     if tc['mixed_precision'] not in (None, False, 'no', 'fp16', 'bf16'):
         raise UserError(f"train.mixed_precision must be null, no, fp16 or bf16, got {tc['mixed_precision']!r}")
-    if tc['bf16_weights'] and tc['mixed_precision'] not in (None, 'bf16'):
-        raise UserError(f"train.bf16_weights needs bf16 mixed precision, but train.mixed_precision is "
-                        f"{tc['mixed_precision']!r}; set --train.mixed_precision bf16 or --train.bf16_weights false")
     levels = len(mp['dim_mults'])
     if dc['img_size'] % 2 ** (levels - 1):
         raise UserError(f"data.img_size {dc['img_size']} must be divisible by {2 ** (levels - 1)} for a UNet with "
@@ -72,8 +69,8 @@ def main():
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     if tc['bf16_weights'] and accelerator.mixed_precision != 'bf16':
         raise UserError(f"train.bf16_weights needs bf16 mixed precision, but this run has "
-                        f"{accelerator.mixed_precision!r}; pass --train.mixed_precision bf16 (or accelerate launch --mixed_precision bf16), or "
-                        f"--train.bf16_weights false")
+                        f"{accelerator.mixed_precision!r}; pass --train.mixed_precision bf16 (or accelerate launch "
+                        f"--mixed_precision bf16), or --train.bf16_weights false")
     if tc['batch_size'] % world:
         raise UserError(f"train.batch_size {tc['batch_size']} does not divide over {world} processes; "
                         f"use a multiple of {world}")

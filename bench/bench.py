@@ -129,14 +129,11 @@ def apply_variant(spec):
         undo.append((models, 'BF16Weights', models.BF16Weights))
         models.BF16Weights = functools.partial(models.BF16Weights, channels_last=False)
     if spec.get('conv_weights_cl'):
+        from models.bf16_weights import conv_weights_channels_last_
         build = models.build_model
 
         def build_cl(cfg):
-            model = build(cfg)
-            for m in model.modules():
-                if isinstance(m, torch.nn.Conv2d):
-                    m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
-            return model
+            return conv_weights_channels_last_(build(cfg))
         undo.append((models, 'build_model', build))
         models.build_model = build_cl
 

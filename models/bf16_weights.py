@@ -5,6 +5,14 @@ import torch
 import torch.nn as nn
 
 
+def conv_weights_channels_last_(model: nn.Module) -> nn.Module:
+    """Store every Conv2d weight of ``model`` channels_last, in place (same values, parameters and state_dict keys)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 class BF16Weights:
     """A copy of ``model`` whose convolution and linear weights and biases are bf16; the model runs on the copy.
 
@@ -33,9 +41,8 @@ class BF16Weights:
     """
 
     def __init__(self, model: nn.Module, dtype=torch.bfloat16, channels_last=True):
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d) and channels_last:
-                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+        if channels_last:
+            conv_weights_channels_last_(model)
         self.model = copy.deepcopy(model)
         self.master, self.copies = [], []
         for name, p in model.named_parameters():

@@ -338,20 +338,14 @@ def test_ema_state_dict_round_trip():
         assert torch.equal(other.model.state_dict()[k], v)
 
 
-def channels_last_convs(model):
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
-    return model
-
-
 def test_bf16_weights_give_autocast_numbers_bit_for_bit():
     """The bf16 copy's loss and (copied back) gradients equal bf16 autocast on the fp32 model, bit for bit, when
     the fp32 model's conv weights have the same (channels_last) layout; GroupNorm parameters are shared."""
     import copy
     from models import BF16Weights
+    from models.bf16_weights import conv_weights_channels_last_
     master = tiny_unet(in_channels=1, out_channels=1)
-    ref = channels_last_convs(copy.deepcopy(master))
+    ref = conv_weights_channels_last_(copy.deepcopy(master))
     w = BF16Weights(master)
     assert master.state_dict().keys() == ref.state_dict().keys()
     assert w.model.norm_out.weight is master.norm_out.weight                      # shared, not copied
