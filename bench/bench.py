@@ -73,13 +73,15 @@ MODES = {
     'fast-perblock': FAST,      # one linear layer per ResBlock for the embedding projections (MODE_VARIANT)
     'fast-a10': dict(FAST, **{'train.bf16_weights': 'false'}),        # attempt 10's fast: both of the above
     'fast-bf16nchw': FAST,      # the bf16 copy with the conv weights' NCHW layout kept (MODE_VARIANT)
+    'fast-nopin': FAST,         # convolutions do not pin their traced activations channels_last (MODE_VARIANT)
 }
 MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
 # what apply_variant changes in the training process before train_ddpm.py runs (through the VARIANT launcher)
 MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'norm_stats': 'per_chunk'},
                 'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
                 'fast-convcl': {'conv_weights_cl': True}, 'fast-perblock': {'per_block_emb': True},
-                'fast-a10': {'per_block_emb': True}, 'fast-bf16nchw': {'bf16_weights_nchw': True}}
+                'fast-a10': {'per_block_emb': True}, 'fast-bf16nchw': {'bf16_weights_nchw': True},
+                'fast-nopin': {'no_conv_pin': True}}
 VARIANT = ('import json, runpy, sys; sys.path.insert(0, "bench"); import bench; '
            'bench.apply_variant(json.loads(sys.argv.pop(1))); sys.argv.pop(0); '
            'runpy.run_path(sys.argv[0], run_name="__main__")')
@@ -136,6 +138,17 @@ def apply_variant(spec):
             return conv_weights_channels_last_(build(cfg))
         undo.append((models, 'build_model', build))
         models.build_model = build_cl
+
+    if spec.get('no_conv_pin'):
+        compile_model = models.compile_model
+
+        def compile_nopin(*args, **kwargs):
+            compiled = compile_model(*args, **kwargs)
+            unet.Conv2d.compiled_channels_last = False
+            return compiled
+        undo += [(models, 'compile_model', compile_model),
+                 (unet.Conv2d, 'compiled_channels_last', unet.Conv2d.compiled_channels_last)]
+        models.compile_model = compile_nopin
 
     def restore():
         for obj, name, value in reversed(undo):
@@ -329,6 +342,9 @@ def main():
     p.add_argument('--mnist-root', default=None,
                    help='real MNIST-format IDX files for the MNIST config (e.g. Fashion-MNIST); default: synthetic')
     p.add_argument('--mnist-steps', type=int, default=2000, help='MNIST runs double as the loss-curve check')
+    p.add_argument('--warmup-run', type=int, default=200,
+                   help="steps of a discarded run of each config's first mode before the timed ones (0: none): the "
+                        "first training run of a bench call read 4-12%% low in 4 of 6 calls (NOTES.md, attempt 12)")
     args = p.parse_args()
     assert torch.cuda.is_available(), 'the benchmark needs a CUDA GPU'
     device = torch.device('cuda')
@@ -352,6 +368,12 @@ def main():
             continue
         gf = model_gflops_per_image(load_config(config), device)
         res.setdefault('gflops_per_image_forward', {})[name] = gf
+        if 'train' in parts and args.warmup_run > 0:
+            try:
+                run_training(config, root, modes[0], args.warmup_run, args.print_freq,
+                             os.path.join(tmp, f'{name}-warmup'))
+            except RuntimeError as e:
+                print('warm-up run failed:', e, flush=True)
         for mode in modes:
             if 'train' not in parts:
                 break
