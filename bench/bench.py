@@ -73,15 +73,13 @@ MODES = {
     'fast-perblock': FAST,      # one linear layer per ResBlock for the embedding projections (MODE_VARIANT)
     'fast-a10': dict(FAST, **{'train.bf16_weights': 'false'}),        # attempt 10's fast: both of the above
     'fast-bf16nchw': FAST,      # the bf16 copy with the conv weights' NCHW layout kept (MODE_VARIANT)
-    'fast-nopin': FAST,         # convolutions do not pin their traced activations channels_last (MODE_VARIANT)
 }
 MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
 # what apply_variant changes in the training process before train_ddpm.py runs (through the VARIANT launcher)
 MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'norm_stats': 'per_chunk'},
                 'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
                 'fast-convcl': {'conv_weights_cl': True}, 'fast-perblock': {'per_block_emb': True},
-                'fast-a10': {'per_block_emb': True}, 'fast-bf16nchw': {'bf16_weights_nchw': True},
-                'fast-nopin': {'no_conv_pin': True}}
+                'fast-a10': {'per_block_emb': True}, 'fast-bf16nchw': {'bf16_weights_nchw': True}}
 VARIANT = ('import json, runpy, sys; sys.path.insert(0, "bench"); import bench; '
            'bench.apply_variant(json.loads(sys.argv.pop(1))); sys.argv.pop(0); '
            'runpy.run_path(sys.argv[0], run_name="__main__")')
@@ -138,17 +136,6 @@ def apply_variant(spec):
             return conv_weights_channels_last_(build(cfg))
         undo.append((models, 'build_model', build))
         models.build_model = build_cl
-
-    if spec.get('no_conv_pin'):
-        compile_model = models.compile_model
-
-        def compile_nopin(*args, **kwargs):
-            compiled = compile_model(*args, **kwargs)
-            unet.Conv2d.compiled_channels_last = False
-            return compiled
-        undo += [(models, 'compile_model', compile_model),
-                 (unet.Conv2d, 'compiled_channels_last', unet.Conv2d.compiled_channels_last)]
-        models.compile_model = compile_nopin
 
     def restore():
         for obj, name, value in reversed(undo):

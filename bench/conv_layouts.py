@@ -1,18 +1,21 @@
 """The layouts a compiled training step hands its convolution backwards, and the copies cuDNN makes of them.
 
-    python bench/conv_layouts.py [--config configs/ddpm_mnist.yaml] [--no-pin] [--autocast] [--batch 128]
+    python bench/conv_layouts.py [--config configs/ddpm_mnist.yaml] [--autocast] [--batch 128]
 
 Compiles the fast training step (`train.compile_force_layout_opt`, bf16, the model on its bf16 weight copy unless
 --autocast; torch.compile's default mode, so every call goes through the dispatcher) and runs one step under a
-dispatch mode that records each `aten.convolution_backward` call: the layouts of grad_output, input and weight.
+dispatch mode that records each `aten.convolution_backward` call of the compiled backward: the layouts of
+grad_output, input and weight. (The mode is entered around the backward only: a forward run under a dispatch mode
+is not the compiled one, and an earlier version of this script, which did that, counted eager autograd's calls.)
 cuDNN runs a convolution channels_last when its input or weight is, and copies every operand that is not
 (`.contiguous(memory_format)` inside convolution_backward): the `copies` column counts those activation/weight
-copies. `--no-pin` turns off models.unet.Conv2d's channels_last pinning, to see the copies it removes.
+copies.
 On a GPU this is the real thing; on the CPU the traced layouts follow the CPU's own convolution rules, so only
 the GPU's numbers mean anything for cuDNN.
 """
 import argparse
 import collections
+import contextlib
 import os
 import sys
 
@@ -23,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from diffusions import DDPM  # noqa: E402
-from models import BF16Weights, Conv2d, build_model, compile_model  # noqa: E402
+from models import BF16Weights, build_model, compile_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 
@@ -58,7 +61,6 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default=os.path.join(ROOT, 'configs/ddpm_mnist.yaml'))
     p.add_argument('--batch', type=int, default=128)
-    p.add_argument('--no-pin', action='store_true', help='models.unet.Conv2d.compiled_channels_last off')
     p.add_argument('--autocast', action='store_true', help='autocast on the fp32 weights instead of the bf16 copy')
     p.add_argument('--verbose', action='store_true', help='print every call')
     args = p.parse_args()
@@ -70,27 +72,26 @@ def main():
     model = build_model(cfg['model']).to(device)
     net = model if args.autocast else BF16Weights(model).model
     net = compile_model(net, 'default', force_layout_opt=True)
-    Conv2d.compiled_channels_last = not args.no_pin
     shape = (args.batch, dc['img_channels'], dc['img_size'], dc['img_size'])
 
-    def step():
+    def step(mode=contextlib.nullcontext()):
         x = torch.rand(shape, device=device) * 2 - 1
         t = torch.randint(0, diffusion.num_steps, (args.batch,), device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = diffusion.training_loss(net, x, t, torch.randn_like(x))
-        loss.backward()
+        with mode:              # only around the backward: a forward under a dispatch mode would run uncompiled
+            loss.backward()
 
     step()                      # compile
     log = ConvBackwardLog()
-    with log:
-        step()
+    step(log)
     kinds = collections.Counter(tuple(lay for lay, _ in c) for c in log.calls)
     copies = sum(cudnn_copies(c) for c in log.calls)
     if args.verbose:
         for c in log.calls:
             print(cudnn_copies(c), c)
     print(f'{device.type}, torch {torch.__version__}, {os.path.basename(args.config)}, batch {args.batch}, '
-          f'{"autocast" if args.autocast else "bf16 weights"}, pin {"off" if args.no_pin else "on"}: '
+          f'{"autocast" if args.autocast else "bf16 weights"}: '
           f'{len(log.calls)} convolution_backward calls, {copies} operand copies by cuDNN')
     for k, n in kinds.most_common():
         print(f'  {n:3d} x (grad_output, input, weight) = {k}')

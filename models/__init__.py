@@ -7,7 +7,7 @@ from utils.errors import UserError
 
 from .bf16_weights import BF16Weights
 from .ema import EMA
-from .unet import Conv2d, UNet
+from .unet import UNet
 
 UNET_PARAMS = list(inspect.signature(UNet.__init__).parameters)[1:]  # all but self
 
@@ -38,8 +38,7 @@ def compile_model(model, mode, force_layout_opt=False, freeze=False):
     graph to channels_last internally unless a heuristic says no; for this UNet it says no for the training graph
     (the up path's convolutions halve their channels), and cuDNN then converts NCHW <-> NHWC around every
     convolution (bench/NOTES.md, attempt 4: 21% of a step's GPU time; attempt 6: forcing it made the CIFAR-10 step
-    17% faster on an H200). It also makes the UNet's convolutions pin their traced activations and gradients
-    channels_last (models.unet.Conv2d), so the backward's convolutions get them without a copy.
+    17% faster on an H200).
     `freeze`: inference only (sampling a fixed model): the weights become constants of the compiled graph, so their
     bf16 casts and layout changes run once instead of every forward (attempt 8: +3% sampling on an H100). The
     compiled model does not see later changes to the weights.
@@ -47,7 +46,6 @@ def compile_model(model, mode, force_layout_opt=False, freeze=False):
     import torch._inductor.config as inductor_config
     if force_layout_opt:
         inductor_config.force_layout_optimization = True
-        Conv2d.compiled_channels_last = True
     if freeze:
         inductor_config.freezing = True
     return torch.compile(model, mode=mode)

@@ -132,39 +132,6 @@ class GroupNorm(nn.GroupNorm):
         return y.to(x.dtype).permute(0, 3, 1, 2)      # (B, C, H, W) view of NHWC memory: channels_last
 
 
-class _ChannelsLastGrad(torch.autograd.Function):
-    """The identity, whose gradient is made channels_last (a traced graph then records that layout for it)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous(memory_format=torch.channels_last)
-
-
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters and state_dict) that can pin its activations channels_last inside torch.compile.
-
-    With ``compiled_channels_last`` (set by models.compile_model(force_layout_opt=True)) and inside torch.compile, the
-    input and the output's gradient are made channels_last, so the traced graph records the layout cuDNN runs the
-    convolution in. Why: inductor hands each convolution_backward its operands in the layouts the trace recorded
-    (eager semantics: nn.GroupNorm's output and its input gradient come out NCHW); with channels_last weights cuDNN
-    then copies every NCHW operand to channels_last, inside the backward (bench/NOTES.md, attempt 13: 32 copies,
-    0.65 ms of an 11.9 ms MNIST-config step on an H100). Recorded channels_last, inductor writes them that way in
-    the kernels that produce them. Eager and outside compile: plain nn.Conv2d.
-    """
-
-    compiled_channels_last = False
-
-    def forward(self, x):
-        if self.compiled_channels_last and torch.compiler.is_compiling():
-            y = super().forward(x.contiguous(memory_format=torch.channels_last))
-            return _ChannelsLastGrad.apply(y) if torch.is_grad_enabled() else y
-        return super().forward(x)
-
-
 def norm(channels, groups):
     """GroupNorm with the reference's epsilon."""
     return GroupNorm(groups, channels, eps=1e-6)
@@ -180,12 +147,12 @@ class ResBlock(nn.Module):
     def __init__(self, in_ch, out_ch, emb_dim, dropout, groups):
         super().__init__()
         self.norm1 = norm(in_ch, groups)
-        self.conv1 = Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, out_ch)
         self.norm2 = norm(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = Conv2d(out_ch, out_ch, 3, padding=1)
-        self.skip = Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x, emb):
         h = self.conv1(F.silu(self.norm1(x)))
@@ -227,7 +194,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels):
         super().__init__()
-        self.conv = Conv2d(channels, channels, 3, stride=2)
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
 
     def forward(self, x):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
@@ -251,7 +218,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels):
         super().__init__()
-        self.conv = Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x):
         return self.conv(upsample_nearest2x(x))
@@ -288,7 +255,7 @@ class UNet(nn.Module):
         n_levels = len(dim_mults)
 
         self.time_embed = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.conv_in = Conv2d(in_channels, dim, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels, dim, 3, padding=1)
 
         # Down path. skip_chs records the channels of every output that feeds a skip connection.
         self.down = nn.ModuleList()
@@ -324,7 +291,7 @@ class UNet(nn.Module):
                 self.up.append(EmbedSequential(*layers))
 
         self.norm_out = norm(ch, groups)
-        self.conv_out = Conv2d(ch, out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
         self.res_blocks = tuple(m for m in self.modules() if isinstance(m, ResBlock))   # in the order they run
         self.reset_parameters()
 
