@@ -62,7 +62,11 @@ MODES = {
     'fast-cudnn': dict(FAST, **{'train.cudnn_benchmark': 'true'}),
     'fast-cl-cudnn': dict(FAST, **{'train.channels_last': 'true', 'train.cudnn_benchmark': 'true'}),
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
-    'fast-cdt': FAST,           # + inductor's coordinate-descent tuning of its Triton kernels (MODE_ENV)
+    'fast-cdt': dict(FAST, **{'train.compile_tuning': 'true'}),     # + inductor's coordinate-descent tuning
+    'fast-cupd': dict(FAST, **{'train.compile_update': 'default'}),  # the weight update compiled (no CUDA graph)
+    'fast-cupd-ro': dict(FAST, **{'train.compile_update': 'reduce-overhead'}),   # ... and CUDA-graphed
+    'fast-cupd-cdt': dict(FAST, **{'train.compile_update': 'default', 'train.compile_tuning': 'true'}),
+    'fast-cupd-ro-cdt': dict(FAST, **{'train.compile_update': 'reduce-overhead', 'train.compile_tuning': 'true'}),
     'fast-nolayout': dict(FAST, **{'train.compile_force_layout_opt': 'false'}),   # inductor's heuristic: NCHW graph
     'fast-gnchan': FAST,        # GroupNorm statistics per channel in the compiled training graph too (MODE_VARIANT)
     'fast-gnchunk': FAST,       # GroupNorm statistics per row chunk in the compiled training graph (MODE_VARIANT)
@@ -74,7 +78,7 @@ MODES = {
     'fast-a10': dict(FAST, **{'train.bf16_weights': 'false'}),        # attempt 10's fast: both of the above
     'fast-bf16nchw': FAST,      # the bf16 copy with the conv weights' NCHW layout kept (MODE_VARIANT)
 }
-MODE_ENV = {'fast-cdt': {'TORCHINDUCTOR_COORDINATE_DESCENT_TUNING': '1'}}   # environment of the training process
+MODE_ENV = {}   # environment of the training process, per mode
 # what apply_variant changes in the training process before train_ddpm.py runs (through the VARIANT launcher)
 MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'norm_stats': 'per_chunk'},
                 'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
@@ -195,15 +199,16 @@ def summarize_training(windows):
 SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark, inductor options,
                    # GroupNorm.compiled_stats
     'plain': ('fp32', None, torch.contiguous_format, False, {}, 'auto'),
-    # fast: as sample_ddpm.py --compile (freezing); 'auto' statistics are per channel in this no-grad graph
-    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
+    # fast: as sample_ddpm.py --compile reduce-overhead --compile_tuning (freezing, coordinate-descent tuning);
+    # 'auto' statistics are per channel in this no-grad graph
+    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False,
+             {'freezing': True, 'coordinate_descent_tuning': True}, 'auto'),
+    'fast-notune': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
     'fast-nofreeze': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'auto'),
     'fast-gngroup': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'per_group'),
     'fast-gnchunk': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'per_chunk'),
     'fast-oldmodel': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
     'fast-perblock': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
-    'fast-cdt': ('bf16', 'reduce-overhead', torch.contiguous_format, False,
-                 {'freezing': True, 'coordinate_descent_tuning': True}, 'auto'),
     'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False, {}, 'auto'),
     'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True, {}, 'auto'),
     'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True, {}, 'auto'),

@@ -1,16 +1,12 @@
-"""What the weight update after each backward costs: eager (as train_ddpm.py runs it) against compiled variants.
+"""What the weight update after each backward costs: utils.weight_update.WeightUpdate eager against compiled.
 
     python bench/update_step.py [--config configs/ddpm_mnist.yaml] [--iters 200]
 
-The update is everything between the backward and the next forward: the bf16 copy's gradients to the fp32
-master (models.BF16Weights.grads_to_master), gradient-norm clipping, Adam, the bf16 copy refreshed, the EMA.
-Variants, each timed with CUDA events over `--iters` updates after warm-up (median of 5 windows):
-  eager      : as train_ddpm.py: foreach clip, fused Adam, foreach copies and lerp (one launch per op and group)
-  compiled   : clip, Adam (foreach, the learning rate a tensor), the refresh and the EMA (its weight a tensor) in one
-               torch.compile'd function, CUDA-graphed (mode reduce-overhead); grads_to_master stays eager
-  compiled-nograph : the same, without CUDA graphs
-Random gradients stand in for a backward. Prints ms per update and the relative difference of the weights after
-the timed updates against eager (the variants must compute the same update).
+The update is everything between the backward and the next forward: the bf16 copy's gradients to the fp32 master,
+gradient-norm clipping, Adam, the bf16 copy refreshed, the EMA (train.compile_update null / default /
+reduce-overhead, as train_ddpm.py builds it). Random gradients stand in for a backward. Each variant is timed with
+CUDA events over `--iters` updates after warm-up (median of 5 windows); prints ms per update and the relative
+difference of the weights and the EMA after all updates against eager (the variants compute the same update).
 """
 import argparse
 import os
@@ -24,102 +20,65 @@ sys.path.insert(0, ROOT)
 
 from models import EMA, BF16Weights, build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
-
-
-def setup(cfg, device, compiled):
-    torch.manual_seed(0)
-    net = build_model(cfg['model']).to(device)
-    weights = BF16Weights(net)
-    ema = EMA(net, 0.9999, True)
-    lr = torch.tensor(2e-4, device=device) if compiled else 2e-4
-    opt = torch.optim.Adam(net.parameters(), lr=lr, fused=None if compiled else device.type == 'cuda',
-                           foreach=True if compiled else None, capturable=compiled)
-    params = list(net.parameters())
-    gen = torch.Generator(device).manual_seed(1)
-    fake_grads = [torch.randn(c.shape, device=device, generator=gen).to(c.dtype).contiguous(
-        memory_format=torch.channels_last if c.dim() == 4 else torch.contiguous_format)
-        for c in weights.copies]
-    shared = [p for p in params if all(p is not m for m in weights.master)]
-    shared_grads = [torch.randn_like(p) for p in shared]
-    return net, weights, ema, opt, params, fake_grads, shared, shared_grads
+from utils.weight_update import WeightUpdate, make_adam  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default=os.path.join(ROOT, 'configs/ddpm_mnist.yaml'))
     p.add_argument('--iters', type=int, default=200)
-    p.add_argument('--variants', default='eager,compiled,compiled-nograph')
+    p.add_argument('--variants', default='eager,default,reduce-overhead', help='compile modes; eager: none')
     args = p.parse_args()
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     cfg = load_config(args.config)
     results, finals = {}, {}
     for variant in args.variants.split(','):
-        compiled = variant.startswith('compiled')
-        net, weights, ema, opt, params, fake_grads, shared, shared_grads = setup(cfg, device, compiled)
+        mode = None if variant == 'eager' else variant
+        torch.manual_seed(0)
+        net = build_model(cfg['model']).to(device)
+        weights = BF16Weights(net)
+        ema = EMA(net, 0.9999, True)
+        opt = make_adam(net.parameters(), 2e-4, (0.9, 0.999), 0.0, device, compiled=mode is not None)
+        update = WeightUpdate(net, opt, ema, 1.0, weights, compile_mode=mode)
+        gen = torch.Generator(device).manual_seed(1)
+        copied = {id(c) for c in weights.copies}
+        trainable = weights.copies + [q for q in weights.model.parameters() if id(q) not in copied]
+        grads = [torch.randn(q.shape, device=device, generator=gen).to(q.dtype).contiguous(
+            memory_format=torch.channels_last if q.dim() == 4 else torch.contiguous_format) for q in trainable]
 
-        def fake_backward():
-            for c, g in zip(weights.copies, fake_grads):
-                c.grad = g
-            for s, g in zip(shared, shared_grads):
-                s.grad = g
-
-        if not compiled:
-            def update():
-                weights.grads_to_master()
-                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                weights.refresh()
-                ema.update(net)
-        else:
-            ema_params = ema.ema_params
-            ema_w = torch.zeros((), device=device)
-
-            @torch.no_grad()
-            def fused():
-                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-                opt.step()
-                torch._foreach_copy_(weights.copies, weights.master)
-                d = torch._foreach_sub(params, ema_params)
-                torch._foreach_mul_(d, ema_w)
-                torch._foreach_add_(ema_params, d)
-            fused_c = torch.compile(fused, mode='reduce-overhead' if variant == 'compiled' else 'default')
-
-            def update():
-                weights.grads_to_master()
-                ema_w.fill_(1.0 - ema.current_decay())
-                ema.num_updates += 1
-                fused_c()
-                opt.zero_grad(set_to_none=True)
+        def step():
+            for q, g in zip(trainable, grads):     # as a backward leaves them: on the copy, and the shared ones
+                q.grad = g.clone()
+            update()
 
         for _ in range(20):
-            fake_backward()
-            update()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
+            step()
+        sync()
         times = []
-        for _ in range(5):
-            if device.type == 'cuda':
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
+        for _ in range(5 if device.type == 'cuda' else 1):
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2)) if device.type == 'cuda' else (None, None)
+            if start:
+                start.record()
             for _ in range(args.iters):
-                fake_backward()
-                update()
-            if device.type == 'cuda':
-                b.record()
-                torch.cuda.synchronize()
-                times.append(a.elapsed_time(b) / args.iters)
+                step()
+            if end:
+                end.record()
+                sync()
+                times.append(start.elapsed_time(end) / args.iters)
         results[variant] = statistics.median(times) if times else float('nan')
-        finals[variant] = (torch.cat([p.detach().flatten() for p in params]),
+        finals[variant] = (torch.cat([q.detach().flatten() for q in net.parameters()]),
                            torch.cat([e.detach().flatten() for e in ema.ema_params]))
     ref = finals.get('eager')
+    print(f'{device.type}, torch {torch.__version__}, {os.path.basename(args.config)}: ms per update '
+          f'(includes cloning the fake gradients, the same in every variant)')
     for v, ms in results.items():
         diff = ''
         if ref is not None:
             dw = ((finals[v][0] - ref[0]).norm() / ref[0].norm()).item()
             de = ((finals[v][1] - ref[1]).norm() / ref[1].norm()).item()
-            diff = f'  weights rel. diff vs eager {dw:.2e}, EMA {de:.2e}'
-        print(f'{v:18s} {ms:7.3f} ms per update{diff}')
+            diff = f'  weights rel. diff vs eager {dw:.1e}, EMA {de:.1e}'
+        print(f'  {v:16s} {ms:7.3f}{diff}')
 
 
 if __name__ == '__main__':

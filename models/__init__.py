@@ -31,8 +31,8 @@ def build_model(model_cfg: dict) -> UNet:
     return UNet(**p)
 
 
-def compile_model(model, mode, force_layout_opt=False, freeze=False):
-    """torch.compile(model, mode=mode), with two of inductor's process-wide switches.
+def compile_model(model, mode, force_layout_opt=False, freeze=False, tune=False):
+    """torch.compile(model, mode=mode), with three of inductor's process-wide switches (model None: the switches only).
 
     `force_layout_opt`: the training graph's convolutions run channels_last. Inductor converts a convolution-heavy
     graph to channels_last internally unless a heuristic says no; for this UNet it says no for the training graph
@@ -42,13 +42,19 @@ def compile_model(model, mode, force_layout_opt=False, freeze=False):
     `freeze`: inference only (sampling a fixed model): the weights become constants of the compiled graph, so their
     bf16 casts and layout changes run once instead of every forward (attempt 8: +3% sampling on an H100). The
     compiled model does not see later changes to the weights.
+    `tune`: inductor's coordinate-descent tuning of its Triton kernels' launch settings, for everything compiled
+    after it: minutes more compiling (cached on disk afterwards), a few percent faster kernels (bench/NOTES.md:
+    attempt 6, the CIFAR-10 training step +3% on an H200; attempts 10-11, the sampling chain +2.6% and +1.6% on an
+    H100).
     """
     import torch._inductor.config as inductor_config
     if force_layout_opt:
         inductor_config.force_layout_optimization = True
     if freeze:
         inductor_config.freezing = True
-    return torch.compile(model, mode=mode)
+    if tune:
+        inductor_config.coordinate_descent_tuning = True
+    return None if model is None else torch.compile(model, mode=mode)
 
 
 def check_params(in_channels, out_channels, dim, dim_mults, use_attn, num_res_blocks, groups, dropout):
