@@ -26,10 +26,6 @@ from utils.config import SHIPPED, ArgumentParser, parse_args, save_config
 from utils.errors import UserError, run_main
 from utils.images import quantize_uint8
 from utils.logger import Logger
-from utils.weight_update import WeightUpdate, adam_settings, make_adam, restore_adam_settings
-
-
-COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs')
 
 
 def get_parser():
@@ -52,9 +48,6 @@ def check_config(cfg):
             raise UserError(f"train.{key} must be positive, got {tc[key]}")
     if tc['mixed_precision'] not in (None, False, 'no', 'fp16', 'bf16'):
         raise UserError(f"train.mixed_precision must be null, no, fp16 or bf16, got {tc['mixed_precision']!r}")
-    if tc['compile_update'] not in (None, *COMPILE_MODES):
-        raise UserError(f"train.compile_update must be null (eager) or a torch.compile mode ({', '.join(COMPILE_MODES)}), "
-                        f"got {tc['compile_update']!r}")
     levels = len(mp['dim_mults'])
     if dc['img_size'] % 2 ** (levels - 1):
         raise UserError(f"data.img_size {dc['img_size']} must be divisible by {2 ** (levels - 1)} for a UNet with "
@@ -78,9 +71,6 @@ def main():
         raise UserError(f"train.bf16_weights needs bf16 mixed precision, but this run has "
                         f"{accelerator.mixed_precision!r}; pass --train.mixed_precision bf16 (or accelerate launch "
                         f"--mixed_precision bf16), or --train.bf16_weights false")
-    if tc['compile_update'] is not None and accelerator.mixed_precision == 'fp16':
-        raise UserError("train.compile_update does not take fp16's loss scaler; use bf16 or no mixed precision, "
-                        "or --train.compile_update null")
     if tc['batch_size'] % world:
         raise UserError(f"train.batch_size {tc['batch_size']} does not divide over {world} processes; "
                         f"use a multiple of {world}")
@@ -137,28 +127,20 @@ def main():
     net = net.to(memory_format=memory_format)
     bf16_weights = BF16Weights(net) if tc['bf16_weights'] else None    # before the EMA copies net's layout
     ema = EMA(net, tc['ema_decay'], tc['ema_warmup'])
-    optimizer = make_adam(net.parameters(), tc['lr'], tuple(tc['adam_betas']), tc['weight_decay'], device,
-                          compiled=tc['compile_update'] is not None)
+    optimizer = torch.optim.Adam(net.parameters(), lr=tc['lr'], betas=tuple(tc['adam_betas']),
+                                 weight_decay=tc['weight_decay'], fused=device.type == 'cuda')
     warmup = max(tc['warmup_steps'], 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    scheduler.base_lrs = [float(lr) for lr in scheduler.base_lrs]    # a tensor lr stays one, written in place
     model = bf16_weights.model if bf16_weights else net
     if tc['compile']:
         model = compile_model(model, tc['compile_mode'], tc['compile_force_layout_opt'], tune=tc['compile_tuning'])
-    elif tc['compile_tuning']:
-        compile_model(None, None, tune=True)       # the compiled update, tuned too
     model, optimizer = accelerator.prepare(model, optimizer)
-    # clip, Adam, the bf16 copy's refresh and the EMA after each backward: eager, or compiled (utils/weight_update.py)
-    update = WeightUpdate(net, optimizer, ema, tc['grad_clip'], bf16_weights, clip=accelerator.clip_grad_norm_,
-                          compile_mode=tc['compile_update'])
 
     # ---------------------------------------------------------------- resume
     step = 0
     step_gen = torch.Generator(device).manual_seed(cfg['seed'])     # t and ε; the same on every process
     if resume_dir is not None:
-        own_settings = adam_settings(optimizer)
         step = load_checkpoint(resume_dir, net, ema, optimizer, scheduler, accelerator, loader, step_gen, rank)
-        restore_adam_settings(optimizer, own_settings)     # the checkpoint may come from an eager or compiled update
         if bf16_weights:
             bf16_weights.refresh()
             bf16_weights.match_optimizer_state(optimizer.optimizer)
@@ -241,10 +223,17 @@ def main():
                 loss = diffusion.training_loss(model, x[part], t[part], noise[part]) / n_micro
             accelerator.backward(loss)
             loss_sum += loss.detach()
-        grad_norm = update()                       # clip, Adam, refresh the bf16 copy, EMA; zeroes the gradients
+        if bf16_weights:
+            bf16_weights.grads_to_master()
+        grad_norm = accelerator.clip_grad_norm_(net.parameters(), tc['grad_clip'])
         bad = ~torch.isfinite(loss_sum) if skip_on_overflow else ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
         nonfinite = torch.maximum(nonfinite, bad.float())
+        optimizer.step()
         scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if bf16_weights:
+            bf16_weights.refresh()
+        ema.update(net)
         step += 1
         pbar.update(1)
 

@@ -63,10 +63,7 @@ MODES = {
     'fast-cl-cudnn': dict(FAST, **{'train.channels_last': 'true', 'train.cudnn_benchmark': 'true'}),
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
     'fast-cdt': dict(FAST, **{'train.compile_tuning': 'true'}),     # + inductor's coordinate-descent tuning
-    'fast-cupd': dict(FAST, **{'train.compile_update': 'default'}),  # the weight update compiled (no CUDA graph)
-    'fast-cupd-ro': dict(FAST, **{'train.compile_update': 'reduce-overhead'}),   # ... and CUDA-graphed
-    'fast-cupd-cdt': dict(FAST, **{'train.compile_update': 'default', 'train.compile_tuning': 'true'}),
-    'fast-cupd-ro-cdt': dict(FAST, **{'train.compile_update': 'reduce-overhead', 'train.compile_tuning': 'true'}),
+    'fast-clbw': FAST,          # + conv backward operands required channels_last in inductor's lowering (MODE_VARIANT)
     'fast-nolayout': dict(FAST, **{'train.compile_force_layout_opt': 'false'}),   # inductor's heuristic: NCHW graph
     'fast-gnchan': FAST,        # GroupNorm statistics per channel in the compiled training graph too (MODE_VARIANT)
     'fast-gnchunk': FAST,       # GroupNorm statistics per row chunk in the compiled training graph (MODE_VARIANT)
@@ -78,12 +75,13 @@ MODES = {
     'fast-a10': dict(FAST, **{'train.bf16_weights': 'false'}),        # attempt 10's fast: both of the above
     'fast-bf16nchw': FAST,      # the bf16 copy with the conv weights' NCHW layout kept (MODE_VARIANT)
 }
-MODE_ENV = {}   # environment of the training process, per mode
+MODE_ENV = {'fast-clbw': {'TORCHINDUCTOR_FX_GRAPH_CACHE': '0', 'TORCHINDUCTOR_AUTOGRAD_CACHE': '0'}}   # per mode
 # what apply_variant changes in the training process before train_ddpm.py runs (through the VARIANT launcher)
 MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'norm_stats': 'per_chunk'},
                 'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
                 'fast-convcl': {'conv_weights_cl': True}, 'fast-perblock': {'per_block_emb': True},
-                'fast-a10': {'per_block_emb': True}, 'fast-bf16nchw': {'bf16_weights_nchw': True}}
+                'fast-a10': {'per_block_emb': True}, 'fast-bf16nchw': {'bf16_weights_nchw': True},
+                'fast-clbw': {'cl_conv_backward': True}}
 VARIANT = ('import json, runpy, sys; sys.path.insert(0, "bench"); import bench; '
            'bench.apply_variant(json.loads(sys.argv.pop(1))); sys.argv.pop(0); '
            'runpy.run_path(sys.argv[0], run_name="__main__")')
@@ -141,10 +139,37 @@ def apply_variant(spec):
         undo.append((models, 'build_model', build))
         models.build_model = build_cl
 
+    if spec.get('cl_conv_backward'):       # process-wide, not undone (training subprocesses)
+        channels_last_conv_backward()
+
     def restore():
         for obj, name, value in reversed(undo):
             setattr(obj, name, value)
     return restore
+
+
+def channels_last_conv_backward():
+    """Wrap inductor's lowering of convolution_backward so that grad_output and input are laid out channels_last
+    (dense) by the kernels producing them, instead of cuDNN copying them (bench/conv_layouts.py). Inductor's caches
+    must be off (MODE_ENV): a cached graph never runs the lowering."""
+    from torch._inductor import ir, lowering
+    op = torch.ops.aten.convolution_backward.default
+    inner = lowering.lowerings[op]
+
+    def dense_cl(x):
+        x = ir.ExternKernel.require_channels_last(x)
+        size = x.get_size()
+        want = ir.FlexibleLayout.stride_ordered(size, [3, 0, 2, 1])        # channels_last, dense
+        if list(x.get_stride()) != list(want):
+            x = ir.ExternKernel.copy_input(x)
+            x = ir.ExternKernel.require_channels_last(x)
+        return x
+
+    def conv_backward_channels_last(grad_out, input, weight, *args, **kwargs):
+        if len(grad_out.get_size()) == 4:
+            grad_out, input = dense_cl(grad_out), dense_cl(input)
+        return inner(grad_out, input, weight, *args, **kwargs)
+    lowering.lowerings[op] = conv_backward_channels_last
 
 
 def write_fake_cifar(root, n=50000):

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit de972a8 (the fast-cupd variants and train.compile_update were removed after it: bench/NOTES.md).
 # GPU session 13 (bench/NOTES.md, attempt 13), ONE H100 (nvidia-h100-x1), part 1 of 2 (~15 min): what the compiled
 # weight update (train.compile_update) and coordinate-descent tuning (train.compile_tuning) are worth.
 #   1. update_step.py: the weight update eager / compiled / compiled + CUDA graph, MNIST config

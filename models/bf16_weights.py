@@ -55,7 +55,7 @@ class BF16Weights:
                 self.copies.append(c)
             else:
                 setattr(holder, key, p)                   # shared: GroupNorm's weight and bias
-        self.grad_buffers = {}                            # master parameter -> its fp32 gradient buffer (kept)
+        self._grads = None                                # fp32 gradient buffers, allocated once
         self.refresh()
 
     @torch.no_grad()
@@ -65,17 +65,15 @@ class BF16Weights:
 
     @torch.no_grad()
     def grads_to_master(self):
-        """Move the copy's bf16 gradients into the fp32 parameters' .grad (as fp32), and clear them on the copy.
-        The fp32 gradients live in `grad_buffers`, the same tensors every step (allocated at first use, or given)."""
+        """Move the copy's bf16 gradients into the fp32 parameters' .grad (as fp32), and clear them on the copy."""
         pairs = [(p, c) for p, c in zip(self.master, self.copies) if c.grad is not None]
         if not pairs:
             return
-        for p, _ in pairs:
-            if p not in self.grad_buffers:
-                self.grad_buffers[p] = torch.empty_like(p)
-        torch._foreach_copy_([self.grad_buffers[p] for p, _ in pairs], [c.grad for _, c in pairs])
+        if self._grads is None:
+            self._grads = {p: torch.empty_like(p) for p in self.master}
+        torch._foreach_copy_([self._grads[p] for p, _ in pairs], [c.grad for _, c in pairs])
         for p, c in pairs:
-            p.grad = self.grad_buffers[p]
+            p.grad = self._grads[p]
             c.grad = None
 
     def match_optimizer_state(self, optimizer):

@@ -247,6 +247,22 @@ def test_compile_matches_eager(monkeypatch, stats, grad, expect, fmt):
     assert sum("var_mean" in op for op in traced) == (n_norms if expect == "var_mean" else 0)
 
 
+def test_compile_model_sets_inductor_switches():
+    # train.compile_force_layout_opt, sample_ddpm.py's freezing and train.compile_tuning / --compile_tuning are
+    # inductor's process-wide options, set before torch.compile traces anything
+    import torch._inductor.config as inductor_config
+    from models import compile_model
+    with inductor_config.patch(force_layout_optimization=False, freezing=False, coordinate_descent_tuning=False):
+        assert compile_model(None, None) is None
+        assert not (inductor_config.force_layout_optimization or inductor_config.freezing
+                    or inductor_config.coordinate_descent_tuning)
+        compile_model(None, None, tune=True)
+        assert inductor_config.coordinate_descent_tuning and not inductor_config.freezing
+        compiled = compile_model(nn.Linear(2, 2), "default", force_layout_opt=True, freeze=True)
+        assert inductor_config.force_layout_optimization and inductor_config.freezing
+        assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+
+
 # --- build_model's config checks ----------------------------------------------------------
 
 def cifar_params(**changes):
