@@ -31,7 +31,8 @@ from utils.config import load_config  # noqa: E402
 
 
 def layout(t) -> str:
-    """'cl' (channels_last, not also contiguous), 'nchw' (contiguous, not also channels_last) or 'both'."""
+    """'cl' (channels_last, not also contiguous), 'nchw' (contiguous, not also channels_last), 'both' (either: size-1
+    dimensions) or 'strided' (neither, e.g. a channel slice)."""
     cl, c = t.is_contiguous(memory_format=torch.channels_last), t.is_contiguous()
     return 'both' if cl and c else 'cl' if cl else 'nchw' if c else 'strided'
 
