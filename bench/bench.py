@@ -19,8 +19,8 @@ fast  = the recommended setting: data on the GPU, bf16 autocast, the model run o
         there measured no faster, see NOTES.md), GroupNorm statistics per channel when sampling (GroupNorm's
         compiled_stats 'auto'); sampling also folds the weights into the graph (inductor's freezing) and tunes
         inductor's kernels (coordinate-descent tuning), as sample_ddpm.py --compile reduce-overhead --compile_tuning
-        does. A discarded warm-up run precedes each config's timed runs (--warmup-run). Variants each change one or two switches, to measure what they are worth:
-        training fast-nolayout (inductor's heuristic decides the layout), fast-convcl (conv weights stored
+        does. A discarded warm-up run precedes each config's timed runs (--warmup-run). Variants each change one
+        or two switches, to measure what they are worth: training fast-nolayout (inductor's heuristic decides the layout), fast-convcl (conv weights stored
         channels_last), fast-gnchan / fast-gnchunk (per-channel / per-chunk statistics in training too),
         fast-oldmodel (attempt 7's attention and upsampling forwards), fast-combo (inductor's combo kernels),
         fast-nobf16w (autocast on the fp32 weights), fast-perblock (one GEMM per ResBlock embedding projection),
@@ -77,7 +77,6 @@ MODES = {
     'fast-a10': dict(FAST, **{'train.bf16_weights': 'false'}),        # attempt 10's fast: both of the above
     'fast-bf16nchw': FAST,      # the bf16 copy with the conv weights' NCHW layout kept (MODE_VARIANT)
 }
-MODE_ENV = {'fast-clbw': {'TORCHINDUCTOR_FX_GRAPH_CACHE': '0', 'TORCHINDUCTOR_AUTOGRAD_CACHE': '0'}}   # per mode
 # what apply_variant changes in the training process before train_ddpm.py runs (through the VARIANT launcher)
 MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'norm_stats': 'per_chunk'},
                 'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
@@ -152,17 +151,20 @@ def apply_variant(spec):
 
 def channels_last_conv_backward():
     """Wrap inductor's lowering of convolution_backward so that grad_output and input are laid out channels_last
-    (dense) by the kernels producing them, instead of cuDNN copying them (bench/conv_layouts.py). Inductor's caches
-    must be off (MODE_ENV): a cached graph never runs the lowering."""
+    (dense) by the kernels producing them, instead of cuDNN copying them (bench/conv_layouts.py). Turns inductor's
+    graph caches off for this process: a graph taken from the cache never runs the lowering."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
     from torch._inductor import ir, lowering
+    from torch._prims_common import make_channels_last_strides_for
+    inductor_config.fx_graph_cache = False
+    functorch_config.enable_autograd_cache = False
     op = torch.ops.aten.convolution_backward.default
     inner = lowering.lowerings[op]
 
     def dense_cl(x):
         x = ir.ExternKernel.require_channels_last(x)
-        size = x.get_size()
-        want = ir.FlexibleLayout.stride_ordered(size, [3, 0, 2, 1])        # channels_last, dense
-        if list(x.get_stride()) != list(want):
+        if list(x.get_stride()) != list(make_channels_last_strides_for(x.get_size())):     # e.g. a channel slice
             x = ir.ExternKernel.copy_input(x)
             x = ir.ExternKernel.require_channels_last(x)
         return x
@@ -204,7 +206,7 @@ def run_training(config, data_root, mode, steps, print_freq, exp_dir, extra=(), 
         launcher = (*launcher, '-c', VARIANT, json.dumps(MODE_VARIANT[mode]))
     cmd = [*launcher, os.path.join(ROOT, 'train_ddpm.py'), '-c', config, '-e', exp_dir, *args, *extra]
     t0 = time.time()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **MODE_ENV.get(mode, {})))
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f'{" ".join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}')
     windows = []

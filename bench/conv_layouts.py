@@ -64,7 +64,7 @@ def main():
     p.add_argument('--batch', type=int, default=128)
     p.add_argument('--autocast', action='store_true', help='autocast on the fp32 weights instead of the bf16 copy')
     p.add_argument('--verbose', action='store_true', help='print every call')
-    p.add_argument('--cl-backward', action='store_true', help="with bench.py's fast-clbw lowering (caches off)")
+    p.add_argument('--cl-backward', action='store_true', help="with bench.py's fast-clbw lowering")
     args = p.parse_args()
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     cfg = load_config(args.config)
@@ -74,11 +74,8 @@ def main():
     model = build_model(cfg['model']).to(device)
     net = model if args.autocast else BF16Weights(model).model
     if args.cl_backward:
-        import torch._inductor.config as inductor_config
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import bench
-        inductor_config.fx_graph_cache = False
-        torch._functorch.config.enable_autograd_cache = False
         bench.channels_last_conv_backward()
     net = compile_model(net, 'default', force_layout_opt=True)
     shape = (args.batch, dc['img_channels'], dc['img_size'], dc['img_size'])
