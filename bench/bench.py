@@ -26,8 +26,8 @@ fast  = the recommended setting: data on the GPU, bf16 autocast, the model run o
         fast-nobf16w (autocast on the fp32 weights), fast-perblock (one GEMM per ResBlock embedding projection),
         fast-a10 (attempt 10's fast: both), fast-bf16nchw (the bf16 copy keeps NCHW conv weights),
         fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (train.compile_tuning: inductor's
-        coordinate-descent tuning), fast-clbw (convolution_backward's operands laid out channels_last by inductor,
-        channels_last_conv_backward), eager-bf16; sampling fast-notune (without the tuning), fast-nofreeze,
+        coordinate-descent tuning), fast-noclbw / fast-noclbw-cdt (without models/conv_backward_layout.py: cuDNN
+        copies the backward's NCHW and strided operands), eager-bf16; sampling fast-notune (without the tuning), fast-nofreeze,
         fast-gngroup, fast-gnchunk, fast-oldmodel, fast-perblock, fast-cl, fast-cudnn, fast-cl-cudnn, fast-autotune.
 """
 import argparse
@@ -65,7 +65,8 @@ MODES = {
     'fast-cl-cudnn': dict(FAST, **{'train.channels_last': 'true', 'train.cudnn_benchmark': 'true'}),
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
     'fast-cdt': dict(FAST, **{'train.compile_tuning': 'true'}),     # + inductor's coordinate-descent tuning
-    'fast-clbw': FAST,          # + conv backward operands required channels_last in inductor's lowering (MODE_VARIANT)
+    'fast-noclbw': FAST,        # without models/conv_backward_layout.py (attempt 13's fast) (MODE_VARIANT)
+    'fast-noclbw-cdt': dict(FAST, **{'train.compile_tuning': 'true'}),   # the same, with the tuning (MODE_VARIANT)
     'fast-nolayout': dict(FAST, **{'train.compile_force_layout_opt': 'false'}),   # inductor's heuristic: NCHW graph
     'fast-gnchan': FAST,        # GroupNorm statistics per channel in the compiled training graph too (MODE_VARIANT)
     'fast-gnchunk': FAST,       # GroupNorm statistics per row chunk in the compiled training graph (MODE_VARIANT)
@@ -82,7 +83,7 @@ MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'
                 'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
                 'fast-convcl': {'conv_weights_cl': True}, 'fast-perblock': {'per_block_emb': True},
                 'fast-a10': {'per_block_emb': True}, 'fast-bf16nchw': {'bf16_weights_nchw': True},
-                'fast-clbw': {'cl_conv_backward': True}}
+                'fast-noclbw': {'no_cl_conv_backward': True}, 'fast-noclbw-cdt': {'no_cl_conv_backward': True}}
 VARIANT = ('import json, runpy, sys; sys.path.insert(0, "bench"); import bench; '
            'bench.apply_variant(json.loads(sys.argv.pop(1))); sys.argv.pop(0); '
            'runpy.run_path(sys.argv[0], run_name="__main__")')
@@ -140,40 +141,15 @@ def apply_variant(spec):
         undo.append((models, 'build_model', build))
         models.build_model = build_cl
 
-    if spec.get('cl_conv_backward'):       # process-wide, not undone (training subprocesses)
-        channels_last_conv_backward()
+    if spec.get('no_cl_conv_backward'):
+        import models.conv_backward_layout as conv_backward_layout
+        undo.append((conv_backward_layout, 'install', conv_backward_layout.install))
+        conv_backward_layout.install = lambda: None
 
     def restore():
         for obj, name, value in reversed(undo):
             setattr(obj, name, value)
     return restore
-
-
-def channels_last_conv_backward():
-    """Wrap inductor's lowering of convolution_backward so that grad_output and input are laid out channels_last
-    (dense) by the kernels producing them, instead of cuDNN copying them (bench/conv_layouts.py). Turns inductor's
-    graph caches off for this process: a graph taken from the cache never runs the lowering."""
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-    from torch._inductor import ir, lowering
-    from torch._prims_common import make_channels_last_strides_for
-    inductor_config.fx_graph_cache = False
-    functorch_config.enable_autograd_cache = False
-    op = torch.ops.aten.convolution_backward.default
-    inner = lowering.lowerings[op]
-
-    def dense_cl(x):
-        x = ir.ExternKernel.require_channels_last(x)
-        if list(x.get_stride()) != list(make_channels_last_strides_for(x.get_size())):     # e.g. a channel slice
-            x = ir.ExternKernel.copy_input(x)
-            x = ir.ExternKernel.require_channels_last(x)
-        return x
-
-    def conv_backward_channels_last(grad_out, input, weight, *args, **kwargs):
-        if len(grad_out.get_size()) == 4:
-            grad_out, input = dense_cl(grad_out), dense_cl(input)
-        return inner(grad_out, input, weight, *args, **kwargs)
-    lowering.lowerings[op] = conv_backward_channels_last
 
 
 def write_fake_cifar(root, n=50000):

@@ -1,6 +1,6 @@
 """The layouts a compiled training step hands its convolution backwards, and the copies cuDNN makes of them.
 
-    python bench/conv_layouts.py [--config configs/ddpm_mnist.yaml] [--autocast] [--batch 128]
+    python bench/conv_layouts.py [--config configs/ddpm_mnist.yaml] [--autocast] [--batch 128] [--no-cl-backward]
 
 Compiles the fast training step (`train.compile_force_layout_opt`, bf16, the model on its bf16 weight copy unless
 --autocast; torch.compile's default mode, so every call goes through the dispatcher) and runs one step under a
@@ -64,7 +64,8 @@ def main():
     p.add_argument('--batch', type=int, default=128)
     p.add_argument('--autocast', action='store_true', help='autocast on the fp32 weights instead of the bf16 copy')
     p.add_argument('--verbose', action='store_true', help='print every call')
-    p.add_argument('--cl-backward', action='store_true', help="with bench.py's fast-clbw lowering")
+    p.add_argument('--no-cl-backward', action='store_true',
+                   help='without models/conv_backward_layout.py (before attempt 14: cuDNN copies the operands)')
     args = p.parse_args()
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     cfg = load_config(args.config)
@@ -73,10 +74,9 @@ def main():
     diffusion = DDPM.from_config(cfg['diffusion'])
     model = build_model(cfg['model']).to(device)
     net = model if args.autocast else BF16Weights(model).model
-    if args.cl_backward:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import bench
-        bench.channels_last_conv_backward()
+    if args.no_cl_backward:
+        import models.conv_backward_layout
+        models.conv_backward_layout.install = lambda: None
     net = compile_model(net, 'default', force_layout_opt=True)
     shape = (args.batch, dc['img_channels'], dc['img_size'], dc['img_size'])
 

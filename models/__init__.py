@@ -5,6 +5,7 @@ import torch
 
 from utils.errors import UserError
 
+from . import conv_backward_layout
 from .bf16_weights import BF16Weights
 from .ema import EMA
 from .unet import UNet
@@ -38,7 +39,8 @@ def compile_model(model, mode, force_layout_opt=False, freeze=False, tune=False)
     graph to channels_last internally unless a heuristic says no; for this UNet it says no for the training graph
     (the up path's convolutions halve their channels), and cuDNN then converts NCHW <-> NHWC around every
     convolution (bench/NOTES.md, attempt 4: 21% of a step's GPU time; attempt 6: forcing it made the CIFAR-10 step
-    17% faster on an H200).
+    17% faster on an H200). It also gives the backward's convolutions dense channels_last operands
+    (models/conv_backward_layout.py: the kernels producing them write that layout instead of cuDNN copying them).
     `freeze`: inference only (sampling a fixed model): the weights become constants of the compiled graph, so their
     bf16 casts and layout changes run once instead of every forward (attempt 8: +3% sampling on an H100). The
     compiled model does not see later changes to the weights.
@@ -50,6 +52,7 @@ def compile_model(model, mode, force_layout_opt=False, freeze=False, tune=False)
     import torch._inductor.config as inductor_config
     if force_layout_opt:
         inductor_config.force_layout_optimization = True
+        conv_backward_layout.install()
     if freeze:
         inductor_config.freezing = True
     if tune:

@@ -261,6 +261,54 @@ def test_compile_model_sets_inductor_switches():
         compiled = compile_model(nn.Linear(2, 2), "default", force_layout_opt=True, freeze=True)
         assert inductor_config.force_layout_optimization and inductor_config.freezing
         assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+    # force_layout_opt also installs the convolution_backward lowering, marked in inductor's cache key
+    from models import conv_backward_layout
+    assert inductor_config.post_grad_custom_post_pass.uuid() == conv_backward_layout.VERSION
+
+
+class SkipNet(nn.Module):
+    """The UNet's pattern in small: a convolution whose input is the concatenation of a skip and a conv output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_in, self.conv_mid = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.norm, self.conv_out = nn.GroupNorm(4, 16), nn.Conv2d(32, 8, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        return self.conv_out(torch.cat([h, self.conv_mid(nn.functional.silu(self.norm(h)))], dim=1))
+
+
+def test_compiled_conv_backward_gets_dense_channels_last_operands():
+    # models/conv_backward_layout.py, installed by compile_model(force_layout_opt=True): every convolution_backward
+    # of the compiled backward gets grad_output and input dense channels_last (without it, inductor hands cuDNN the
+    # strided channel slices of the concatenation's gradient, which cuDNN copies), and the gradients are eager's.
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from models import compile_model
+
+    class ConvBackwardLayouts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dense_cl = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution_backward.default:
+                self.dense_cl.append([a.is_contiguous(memory_format=torch.channels_last) for a in args[:2]])
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    net, x = SkipNet(), torch.randn(4, 3, 8, 8)
+    net(x).square().mean().backward()
+    eager_grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    compiled = compile_model(net, "default", force_layout_opt=True)
+    loss = compiled(x).square().mean()
+    log = ConvBackwardLayouts()
+    with log:                   # around the backward only: the compiled forward does not run under a dispatch mode
+        loss.backward()
+    assert log.dense_cl == [[True, True]] * 3
+    for p, g in zip(net.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
 # --- build_model's config checks ----------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Dense channels_last operands for the compiled convolution backward (part of `compile_model(force_layout_opt=True)`).
+
+With `train.compile_force_layout_opt` inductor runs the training graph's convolutions channels_last, but it still
+hands many `convolution_backward` calls a grad_output in NCHW (the kernel producing it writes NCHW) or as a strided
+channel slice of a concatenation's gradient, and cuDNN copies every such operand to channels_last before it starts
+(bench/conv_layouts.py on an H100, attempt 13: 23 + 4 of the MNIST config's 65 calls, about 29 copies a step).
+`install()` wraps inductor's lowering of `aten.convolution_backward` so that grad_output and input are required
+dense channels_last: the kernels producing them write that layout directly, and a strided view is copied once by
+inductor. Values are unchanged, only memory layouts move (tests/test_models.py checks the gradients against eager).
+
+Inductor caches compiled graphs on disk under a key of its own options; the lowering is not one of them. So
+`install()` also sets a do-nothing post-grad pass whose `uuid` enters the key (inductor's documented way to make a
+customisation cache-safe): graphs compiled with and without the wrapper never share a cache entry.
+"""
+import torch
+
+VERSION = "ddpm-conv-backward-channels-last-1"   # change it when the wrapper changes: old cache entries then miss
+_installed = False
+
+
+def _salt_pass():
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class ConvBackwardLayoutKey(CustomGraphPass):
+        """Does nothing to the graph; its uuid marks graphs lowered with the wrapper in inductor's cache key."""
+
+        def __call__(self, graph):
+            return None
+
+        def uuid(self):
+            return VERSION
+    return ConvBackwardLayoutKey()
+
+
+def install():
+    """Wrap inductor's convolution_backward lowering, for everything compiled in this process afterwards (idempotent).
+
+    Raises RuntimeError if another post-grad custom pass is already set (the cache key would not mark the wrapper).
+    """
+    global _installed
+    if _installed:
+        return
+    import torch._inductor.config as inductor_config
+    from torch._inductor import ir, lowering
+    from torch._prims_common import make_channels_last_strides_for
+
+    if inductor_config.post_grad_custom_post_pass is not None:
+        raise RuntimeError("models.conv_backward_layout: inductor's post_grad_custom_post_pass is already set; "
+                           "set train.compile_force_layout_opt false or remove that pass")
+    op = torch.ops.aten.convolution_backward.default
+    inner = lowering.lowerings[op]
+
+    def dense_channels_last(x):
+        x = ir.ExternKernel.require_channels_last(x)
+        if list(x.get_stride()) != list(make_channels_last_strides_for(x.get_size())):   # e.g. a channel slice
+            x = ir.ExternKernel.require_channels_last(ir.ExternKernel.copy_input(x))
+        return x
+
+    def convolution_backward_channels_last(grad_out, input, weight, *args, **kwargs):
+        if len(grad_out.get_size()) == 4:                  # 2-d convolutions only
+            grad_out, input = dense_channels_last(grad_out), dense_channels_last(input)
+        return inner(grad_out, input, weight, *args, **kwargs)
+
+    lowering.lowerings[op] = convolution_backward_channels_last
+    inductor_config.post_grad_custom_post_pass = _salt_pass()
+    _installed = True
