@@ -1,7 +1,7 @@
 """Inductor's generated CUDA (Triton) code for the UNet, written on a machine without a GPU.
 
     python bench/inductor_code.py [--config configs/ddpm_cifar10.yaml] [--what sample|train] [--bf16-weights]
-                                  [--batch N] [--out F]
+                                  [--batch N] [--out F] [--no-cl-backward]
 
 What it does: traces the UNet's no-grad forward (`sample`, the sampling network call, batch 500 by default) or a
 training step's forward and backward (`train`, batch 128, an MSE loss on the network output) with torch.compile on the
@@ -14,7 +14,8 @@ weights every forward), and `train` keeps float32 parameters and casts the conv/
 the step (as autocast does; with --bf16-weights the conv/linear parameters are bf16 already, conv weights
 channels_last, as train.bf16_weights gives the compiled model), with dropout off (its random ops need a real CUDA
 generator here); SDPA takes its math path (bmm + softmax), since no fused attention backend is available; layout
-optimization is inductor's own decision for the inference graph and forced for training, as the shipped configs do.
+optimization is inductor's own decision for the inference graph and forced for training, as the shipped configs do,
+with the convolution backward's operands laid out by models/conv_backward_layout.py (unless --no-cl-backward).
 Used before attempt 8 (bench/NOTES.md) to find the q/k/v bias passes and to read the GroupNorm reductions, and
 after attempt 10 to count the MNIST step's kernels. Prints, per graph, the Triton launches by kernel kind and the
 extern calls.
@@ -131,6 +132,8 @@ def main():
     p.add_argument('--config', default=os.path.join(ROOT, 'configs/ddpm_cifar10.yaml'))
     p.add_argument('--what', choices=('sample', 'train'), default='sample')
     p.add_argument('--bf16-weights', action='store_true', help='train: as train.bf16_weights (models.BF16Weights)')
+    p.add_argument('--no-cl-backward', action='store_true',
+                   help='train: without models/conv_backward_layout.py (the setting before attempt 14)')
     p.add_argument('--batch', type=int, default=None, help='default: 500 for sample, 128 for train')
     p.add_argument('--norm-stats', default='auto', help='models.unet.GroupNorm.compiled_stats')
     p.add_argument('--top', type=int, default=12, help='kernel kinds listed per graph')
@@ -150,6 +153,9 @@ def main():
     async_compile.AsyncCompile.triton = lambda self, kernel_name, source_code, device_str='cuda': None
     inductor_config.compile_threads = 1
     inductor_config.force_layout_optimization = args.what == 'train'
+    if args.what == 'train' and not args.no_cl_backward:     # as compile_model(force_layout_opt=True) does
+        from models import conv_backward_layout
+        conv_backward_layout.install()
     cuda = torch.device('cuda', 0)
     for name, gm, example_inputs in graphs:
         for n in gm.graph.nodes:                          # factory calls that name the meta device
