@@ -387,6 +387,7 @@ def main():
             r = summarize_training(windows)
             r['wall_s'] = wall
             r['loss_curve'] = [(w['step'], w['loss']) for w in windows]
+            r['window_steps_per_s'] = [w['steps_per_s'] for w in windows]     # all windows, compile included
             r['data'] = 'gpu' if MODES[mode]['data.on_gpu'] == 'true' else 'dataloader'
             r['overrides'] = MODES[mode]
             if peak:
