@@ -12,6 +12,8 @@ Inductor caches compiled graphs on disk under a key of its own options; the lowe
 `install()` also sets a do-nothing post-grad pass whose `uuid` enters the key (inductor's documented way to make a
 customisation cache-safe): graphs compiled with and without the wrapper never share a cache entry.
 """
+import warnings
+
 import torch
 
 VERSION = "ddpm-conv-backward-channels-last-1"   # change it when the wrapper changes: old cache entries then miss
@@ -36,14 +38,22 @@ def install():
     """Wrap inductor's convolution_backward lowering, for everything compiled in this process afterwards (idempotent).
 
     Raises RuntimeError if another post-grad custom pass is already set (the cache key would not mark the wrapper).
+    On a torch whose inductor lacks an internal this uses, warns once and leaves the lowering alone.
     """
     global _installed
     if _installed:
         return
     import torch._inductor.config as inductor_config
-    from torch._inductor import ir, lowering
-    from torch._prims_common import make_channels_last_strides_for
-
+    try:                                               # inductor internals: present in torch 2.11 and 2.14
+        from torch._inductor import ir, lowering
+        from torch._inductor.custom_graph_pass import CustomGraphPass  # noqa: F401 (used by _salt_pass)
+        from torch._prims_common import make_channels_last_strides_for
+        ir.ExternKernel.require_channels_last, ir.ExternKernel.copy_input, lowering.lowerings  # noqa: B018
+    except (ImportError, AttributeError) as e:
+        warnings.warn(f"models.conv_backward_layout: torch {torch.__version__} lacks an inductor internal this needs "
+                      f"({e}); the compiled convolution backward keeps cuDNN's layout copies (slower, same values)")
+        _installed = True
+        return
     if inductor_config.post_grad_custom_post_pass is not None:
         raise RuntimeError("models.conv_backward_layout: inductor's post_grad_custom_post_pass is already set; "
                            "set train.compile_force_layout_opt false or remove that pass")

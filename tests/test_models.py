@@ -266,6 +266,19 @@ def test_compile_model_sets_inductor_switches():
     assert inductor_config.post_grad_custom_post_pass.uuid() == conv_backward_layout.VERSION
 
 
+def test_conv_backward_layout_warns_and_skips_on_a_torch_without_its_internals(monkeypatch):
+    # an older inductor without one of the internals: a warning, the lowering untouched, training still compiles
+    from torch._inductor import ir, lowering
+    from models import conv_backward_layout
+    monkeypatch.setattr(conv_backward_layout, "_installed", False)
+    monkeypatch.delattr(ir.ExternKernel, "require_channels_last")
+    before = lowering.lowerings[torch.ops.aten.convolution_backward.default]
+    with pytest.warns(UserWarning, match="lacks an inductor internal.*same values"):
+        conv_backward_layout.install()
+    assert lowering.lowerings[torch.ops.aten.convolution_backward.default] is before
+    assert conv_backward_layout._installed
+
+
 class SkipNet(nn.Module):
     """The UNet's pattern in small: a convolution whose input is the concatenation of a skip and a conv output."""
 
