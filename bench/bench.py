@@ -20,15 +20,16 @@ fast  = the recommended setting: data on the GPU, bf16 autocast, the model run o
         compiled_stats 'auto'); sampling also folds the weights into the graph (inductor's freezing) and tunes
         inductor's kernels (coordinate-descent tuning), as sample_ddpm.py --compile reduce-overhead --compile_tuning
         does. A discarded warm-up run precedes each config's timed runs (--warmup-run). Variants each change one
-        or two switches, to measure what they are worth: training fast-nolayout (inductor's heuristic decides the layout), fast-convcl (conv weights stored
-        channels_last), fast-gnchan / fast-gnchunk (per-channel / per-chunk statistics in training too),
-        fast-oldmodel (attempt 7's attention and upsampling forwards), fast-combo (inductor's combo kernels),
-        fast-nobf16w (autocast on the fp32 weights), fast-perblock (one GEMM per ResBlock embedding projection),
-        fast-a10 (attempt 10's fast: both), fast-bf16nchw (the bf16 copy keeps NCHW conv weights),
-        fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (train.compile_tuning: inductor's
-        coordinate-descent tuning), fast-noclbw / fast-noclbw-cdt (without models/conv_backward_layout.py: cuDNN
-        copies the backward's NCHW and strided operands), eager-bf16; sampling fast-notune (without the tuning), fast-nofreeze,
-        fast-gngroup, fast-gnchunk, fast-oldmodel, fast-perblock, fast-cl, fast-cudnn, fast-cl-cudnn, fast-autotune.
+        or two switches, to measure what they are worth: training fast-nolayout (inductor's heuristic decides the
+        layout), fast-convcl (conv weights stored channels_last), fast-gnchan / fast-gnchunk (per-channel /
+        per-chunk statistics in training too), fast-oldmodel (attempt 7's attention and upsampling forwards),
+        fast-combo (inductor's combo kernels), fast-nobf16w (autocast on the fp32 weights), fast-perblock (one GEMM
+        per ResBlock embedding projection), fast-a10 (attempt 10's fast: both), fast-bf16nchw (the bf16 copy keeps
+        NCHW conv weights), fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (train.compile_tuning:
+        inductor's coordinate-descent tuning), fast-noclbw / fast-noclbw-cdt (without
+        models/conv_backward_layout.py: cuDNN copies the backward's NCHW and strided operands), eager-bf16; sampling
+        fast-notune (without the tuning), fast-nofreeze, fast-gngroup, fast-gnchunk, fast-oldmodel, fast-perblock,
+        fast-cl, fast-cudnn, fast-cl-cudnn, fast-autotune.
 """
 import argparse
 import gzip

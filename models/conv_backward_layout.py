@@ -21,20 +21,6 @@ VERSION = "ddpm-conv-backward-channels-last-1"   # change it when the wrapper ch
 _installed = False
 
 
-def _salt_pass():
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-
-    class ConvBackwardLayoutKey(CustomGraphPass):
-        """Does nothing to the graph; its uuid marks graphs lowered with the wrapper in inductor's cache key."""
-
-        def __call__(self, graph):
-            return None
-
-        def uuid(self):
-            return VERSION
-    return ConvBackwardLayoutKey()
-
-
 def install():
     """Wrap inductor's convolution_backward lowering, for everything compiled in this process afterwards (idempotent).
 
@@ -47,9 +33,10 @@ def install():
     import torch._inductor.config as inductor_config
     try:                                               # inductor internals: present in torch 2.11 and 2.14
         from torch._inductor import ir, lowering
-        from torch._inductor.custom_graph_pass import CustomGraphPass  # noqa: F401 (used by _salt_pass)
+        from torch._inductor.custom_graph_pass import CustomGraphPass
         from torch._prims_common import make_channels_last_strides_for
-        ir.ExternKernel.require_channels_last, ir.ExternKernel.copy_input, lowering.lowerings  # noqa: B018
+        require_channels_last, copy_input = ir.ExternKernel.require_channels_last, ir.ExternKernel.copy_input
+        lowerings = lowering.lowerings
     except (ImportError, AttributeError) as e:
         warnings.warn(f"models.conv_backward_layout: torch {torch.__version__} lacks an inductor internal this needs "
                       f"({e}); the compiled convolution backward keeps cuDNN's layout copies (slower, same values)")
@@ -58,13 +45,23 @@ def install():
     if inductor_config.post_grad_custom_post_pass is not None:
         raise RuntimeError("models.conv_backward_layout: inductor's post_grad_custom_post_pass is already set; "
                            "set train.compile_force_layout_opt false or remove that pass")
+
+    class ConvBackwardLayoutKey(CustomGraphPass):
+        """Does nothing to the graph; its uuid marks graphs lowered with the wrapper in inductor's cache key."""
+
+        def __call__(self, graph):
+            return None
+
+        def uuid(self):
+            return VERSION
+
     op = torch.ops.aten.convolution_backward.default
-    inner = lowering.lowerings[op]
+    inner = lowerings[op]
 
     def dense_channels_last(x):
-        x = ir.ExternKernel.require_channels_last(x)
+        x = require_channels_last(x)
         if list(x.get_stride()) != list(make_channels_last_strides_for(x.get_size())):   # e.g. a channel slice
-            x = ir.ExternKernel.require_channels_last(ir.ExternKernel.copy_input(x))
+            x = require_channels_last(copy_input(x))
         return x
 
     def convolution_backward_channels_last(grad_out, input, weight, *args, **kwargs):
@@ -72,6 +69,6 @@ def install():
             grad_out, input = dense_channels_last(grad_out), dense_channels_last(input)
         return inner(grad_out, input, weight, *args, **kwargs)
 
-    lowering.lowerings[op] = convolution_backward_channels_last
-    inductor_config.post_grad_custom_post_pass = _salt_pass()
+    lowerings[op] = convolution_backward_channels_last
+    inductor_config.post_grad_custom_post_pass = ConvBackwardLayoutKey()
     _installed = True

@@ -292,22 +292,13 @@ class SkipNet(nn.Module):
         return self.conv_out(torch.cat([h, self.conv_mid(nn.functional.silu(self.norm(h)))], dim=1))
 
 
-def test_compiled_conv_backward_gets_dense_channels_last_operands():
+def test_compiled_conv_backward_gets_dense_channels_last_operands(monkeypatch):
     # models/conv_backward_layout.py, installed by compile_model(force_layout_opt=True): every convolution_backward
     # of the compiled backward gets grad_output and input dense channels_last (without it, inductor hands cuDNN the
     # strided channel slices of the concatenation's gradient, which cuDNN copies), and the gradients are eager's.
-    from torch.utils._python_dispatch import TorchDispatchMode
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    from conv_layouts import ConvBackwardLog            # bench/conv_layouts.py's recorder of the calls' layouts
     from models import compile_model
-
-    class ConvBackwardLayouts(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.dense_cl = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten.convolution_backward.default:
-                self.dense_cl.append([a.is_contiguous(memory_format=torch.channels_last) for a in args[:2]])
-            return func(*args, **(kwargs or {}))
 
     torch.manual_seed(0)
     net, x = SkipNet(), torch.randn(4, 3, 8, 8)
@@ -316,10 +307,10 @@ def test_compiled_conv_backward_gets_dense_channels_last_operands():
     net.zero_grad()
     compiled = compile_model(net, "default", force_layout_opt=True)
     loss = compiled(x).square().mean()
-    log = ConvBackwardLayouts()
+    log = ConvBackwardLog()
     with log:                   # around the backward only: the compiled forward does not run under a dispatch mode
         loss.backward()
-    assert log.dense_cl == [[True, True]] * 3
+    assert [[lay in ("cl", "both") for lay, _ in call[:2]] for call in log.calls] == [[True, True]] * 3
     for p, g in zip(net.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
