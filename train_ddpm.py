@@ -20,7 +20,7 @@ from torchvision.utils import save_image
 
 import datasets
 from diffusions import DDPM
-from models import EMA, BF16Weights, build_model, compile_model
+from models import EMA, BF16Weights, FlatParams, build_model, compile_model
 from utils import checkpoint as ckpt
 from utils.config import SHIPPED, ArgumentParser, parse_args, save_config
 from utils.errors import UserError, run_main
@@ -119,6 +119,7 @@ def main():
     # ---------------------------------------------------------------- model, EMA, optimizer, diffusion
     # `net` holds the fp32 weights: the optimizer, the EMA and the checkpoints use it. `model` is what runs the
     # forward: net itself, or (train.bf16_weights) a copy of it with bf16 conv/linear weights; compiled, wrapped.
+    # With train.flat_params the optimizer sees one tensor, `flat.param`, of which net's parameters are views.
     diffusion = DDPM.from_config(cfg['diffusion'])
     net = build_model(cfg['model']).to(device)
     log.info(f'model: {sum(p.numel() for p in net.parameters()):,} parameters')
@@ -126,21 +127,25 @@ def main():
     torch.backends.cudnn.benchmark = tc['cudnn_benchmark']
     net = net.to(memory_format=memory_format)
     bf16_weights = BF16Weights(net) if tc['bf16_weights'] else None    # before the EMA copies net's layout
-    ema = EMA(net, tc['ema_decay'], tc['ema_warmup'])
-    optimizer = torch.optim.Adam(net.parameters(), lr=tc['lr'], betas=tuple(tc['adam_betas']),
-                                 weight_decay=tc['weight_decay'], fused=device.type == 'cuda')
-    warmup = max(tc['warmup_steps'], 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     model = bf16_weights.model if bf16_weights else net
     if tc['compile']:
         model = compile_model(model, tc['compile_mode'], tc['compile_force_layout_opt'], tune=tc['compile_tuning'])
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model = accelerator.prepare(model)
+    # after prepare, which may give parameters new storage (.to(device) copies on a multi-process CPU run)
+    flat = FlatParams(net, bf16_weights) if tc['flat_params'] else None
+    params = [flat.param] if flat else list(net.parameters())
+    ema = EMA(net, tc['ema_decay'], tc['ema_warmup'])
+    optimizer = torch.optim.Adam(params, lr=tc['lr'], betas=tuple(tc['adam_betas']),
+                                 weight_decay=tc['weight_decay'], fused=device.type == 'cuda')
+    warmup = max(tc['warmup_steps'], 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    optimizer = accelerator.prepare(optimizer)
 
     # ---------------------------------------------------------------- resume
     step = 0
     step_gen = torch.Generator(device).manual_seed(cfg['seed'])     # t and ε; the same on every process
     if resume_dir is not None:
-        step = load_checkpoint(resume_dir, net, ema, optimizer, scheduler, accelerator, loader, step_gen, rank)
+        step = load_checkpoint(resume_dir, net, ema, optimizer, scheduler, accelerator, loader, step_gen, rank, flat)
         if bf16_weights:
             bf16_weights.refresh()
             bf16_weights.match_optimizer_state(optimizer.optimizer)
@@ -163,7 +168,8 @@ def main():
         if accelerator.is_main_process:
             ckpt.save_file(net.state_dict(), os.path.join(tmp, 'model.pt'))
             ckpt.save_file(ema.state_dict(), os.path.join(tmp, 'ema.pt'))
-            ckpt.save_file(optimizer.state_dict(), os.path.join(tmp, 'optimizer.pt'))
+            opt_state = flat.state_to_params(optimizer.state_dict()) if flat else optimizer.state_dict()
+            ckpt.save_file(opt_state, os.path.join(tmp, 'optimizer.pt'))     # per parameter, flat or not
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             ckpt.save_file({'step': step, 'lr_scheduler': scheduler.state_dict(), 'scaler': scaler},
                            os.path.join(tmp, 'meta.pt'))
@@ -223,9 +229,11 @@ def main():
                 loss = diffusion.training_loss(model, x[part], t[part], noise[part]) / n_micro
             accelerator.backward(loss)
             loss_sum += loss.detach()
-        if bf16_weights:
+        if flat:
+            flat.gather_grads()
+        elif bf16_weights:
             bf16_weights.grads_to_master()
-        grad_norm = accelerator.clip_grad_norm_(net.parameters(), tc['grad_clip'])
+        grad_norm = accelerator.clip_grad_norm_(params, tc['grad_clip'])
         bad = ~torch.isfinite(loss_sum) if skip_on_overflow else ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
         nonfinite = torch.maximum(nonfinite, bad.float())
         optimizer.step()
@@ -276,11 +284,16 @@ def rng_state(loader, step_gen) -> dict:
             'loader': loader.state_dict()}
 
 
-def load_checkpoint(folder, model, ema, optimizer, scheduler, accelerator, loader, step_gen, rank) -> int:
+def load_checkpoint(folder, model, ema, optimizer, scheduler, accelerator, loader, step_gen, rank, flat=None) -> int:
     """Restore everything saved by save_checkpoint; returns the step to continue from."""
     ckpt.load_state_dict_checked(model, ckpt.load_file(os.path.join(folder, 'model.pt')), f'checkpoint {folder}')
     ema.load_state_dict(ckpt.load_file(os.path.join(folder, 'ema.pt')))
-    optimizer.load_state_dict(ckpt.load_file(os.path.join(folder, 'optimizer.pt')))
+    opt_state = ckpt.load_file(os.path.join(folder, 'optimizer.pt'))
+    try:
+        optimizer.load_state_dict(flat.state_from_params(opt_state) if flat else opt_state)
+    except ValueError as e:
+        raise UserError(f"the optimizer state in {folder} does not fit this model ({e}); resume from a checkpoint "
+                        f"of this config, or start a new run") from None
     meta = ckpt.load_file(os.path.join(folder, 'meta.pt'))
     scheduler.load_state_dict(meta['lr_scheduler'])
     if accelerator.scaler is not None and meta['scaler'] is not None:

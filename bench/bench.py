@@ -13,7 +13,8 @@ CUDA-event timing) and extrapolated to the 1000-step chain and to a 100-step ski
 
 plain = eager fp32, NCHW, DataLoader workers (the repo's own baseline).
 fast  = the recommended setting: data on the GPU, bf16 autocast, the model run on a bf16 copy of its conv/linear
-        weights (train.bf16_weights), torch.compile with CUDA graphs
+        weights (train.bf16_weights), the parameters in one flat buffer (train.flat_params: clipping, Adam, the EMA and
+        the bf16 refresh over one tensor each), torch.compile with CUDA graphs
         (mode reduce-overhead), convolutions channels_last inside the compiled graph (inductor's layout
         optimization, forced on for training: train.compile_force_layout_opt), NCHW model and data (channels_last
         there measured no faster, see NOTES.md), GroupNorm statistics per channel when sampling (GroupNorm's
@@ -27,7 +28,8 @@ fast  = the recommended setting: data on the GPU, bf16 autocast, the model run o
         per ResBlock embedding projection), fast-a10 (attempt 10's fast: both), fast-bf16nchw (the bf16 copy keeps
         NCHW conv weights), fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (train.compile_tuning:
         inductor's coordinate-descent tuning), fast-noclbw / fast-noclbw-cdt (without
-        models/conv_backward_layout.py: cuDNN copies the backward's NCHW and strided operands), eager-bf16; sampling
+        models/conv_backward_layout.py: cuDNN copies the backward's NCHW and strided operands), fast-noflat
+        (per-parameter optimizer, clipping, EMA and refresh), eager-bf16; sampling
         fast-notune (without the tuning), fast-nofreeze, fast-gngroup, fast-gnchunk, fast-oldmodel, fast-perblock,
         fast-cl, fast-cudnn, fast-cl-cudnn, fast-autotune.
 """
@@ -55,7 +57,7 @@ from utils.config import load_config  # noqa: E402
 
 FAST = {'data.on_gpu': 'true', 'train.mixed_precision': 'bf16', 'train.compile': 'true',
         'train.compile_mode': 'reduce-overhead', 'train.channels_last': 'false',
-        'train.compile_force_layout_opt': 'true', 'train.bf16_weights': 'true'}
+        'train.compile_force_layout_opt': 'true', 'train.bf16_weights': 'true', 'train.flat_params': 'true'}
 MODES = {
     'plain': {'data.on_gpu': 'false', 'train.mixed_precision': 'no', 'train.compile': 'false',
               'train.channels_last': 'false'},
@@ -66,6 +68,7 @@ MODES = {
     'fast-cl-cudnn': dict(FAST, **{'train.channels_last': 'true', 'train.cudnn_benchmark': 'true'}),
     'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
     'fast-cdt': dict(FAST, **{'train.compile_tuning': 'true'}),     # + inductor's coordinate-descent tuning
+    'fast-noflat': dict(FAST, **{'train.flat_params': 'false'}),   # per-parameter clip/Adam/EMA/refresh (attempt 14's fast)
     'fast-noclbw': FAST,        # without models/conv_backward_layout.py (attempt 13's fast) (MODE_VARIANT)
     'fast-noclbw-cdt': dict(FAST, **{'train.compile_tuning': 'true'}),   # the same, with the tuning (MODE_VARIANT)
     'fast-nolayout': dict(FAST, **{'train.compile_force_layout_opt': 'false'}),   # inductor's heuristic: NCHW graph

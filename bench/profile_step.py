@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 
 from datasets import DeviceLoader  # noqa: E402
 from diffusions import DDPM  # noqa: E402
-from models import EMA, BF16Weights, build_model, compile_model  # noqa: E402
+from models import EMA, BF16Weights, FlatParams, build_model, compile_model  # noqa: E402
 from models.unet import GroupNorm  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
@@ -67,6 +67,7 @@ def main():
     p.add_argument('--norm-stats', choices=('auto', 'per_group', 'per_channel', 'per_chunk'), default='auto',
                    help='models.unet.GroupNorm.compiled_stats')
     p.add_argument('--bf16-weights', action='store_true', help='fast mode: as train.bf16_weights (models.BF16Weights)')
+    p.add_argument('--flat-params', action='store_true', help='fast mode: as train.flat_params (models.FlatParams)')
     p.add_argument('--batch', type=int, default=128)
     p.add_argument('--warmup', type=int, default=30, help='steps before profiling (compile, CUDA-graph recording)')
     p.add_argument('--steps', type=int, default=20)
@@ -88,8 +89,10 @@ def main():
     diffusion = DDPM.from_config(cfg['diffusion'])
     model = build_model(cfg['model']).to(device).to(memory_format=fmt)
     weights = BF16Weights(model) if fast and args.bf16_weights else None
+    flat = FlatParams(model, weights) if fast and args.flat_params else None
+    params = [flat.param] if flat else list(model.parameters())
     ema = EMA(model, tc['ema_decay'], tc['ema_warmup'])
-    opt = torch.optim.Adam(model.parameters(), lr=tc['lr'], fused=device.type == 'cuda')
+    opt = torch.optim.Adam(params, lr=tc['lr'], fused=device.type == 'cuda')
     net = weights.model if weights else model
     if fast and args.what != 'train':       # as sample_ddpm.py --compile: inductor's own layout choice, freezing
         net = compile_model(net, args.compile_mode, freeze=True)
@@ -105,9 +108,11 @@ def main():
         with autocast:
             loss = diffusion.training_loss(net, x, t, noise)
         loss.backward()
-        if weights:
+        if flat:
+            flat.gather_grads()
+        elif weights:
             weights.grads_to_master()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc['grad_clip'], foreach=True)
+        torch.nn.utils.clip_grad_norm_(params, tc['grad_clip'], foreach=True)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if weights:
@@ -172,7 +177,8 @@ def main():
     total = sum(per_name.values())
     lines = [f'{args.what}, {args.mode} mode, compile {args.compile_mode}, {args.config}, batch {args.batch}, '
              f'channels_last {args.channels_last}, cudnn.benchmark {args.cudnn_benchmark}, '
-             f'force_layout_opt {force_layout}, norm stats {args.norm_stats}, bf16 weights {weights is not None}: '
+             f'force_layout_opt {force_layout}, norm stats {args.norm_stats}, bf16 weights {weights is not None}, '
+             f'flat params {flat is not None}: '
              f'{wall * 1000:.1f} ms per step on the host clock ({1 / wall:.1f} steps/s), '
              f'{total:.1f} ms of kernel time per step', '', 'GPU time per kind (ms per step):']
     lines += [f'  {kind:32s} {ms:8.2f}  {ms / total:6.1%}' for kind, ms in per_kind.most_common()] if total else []

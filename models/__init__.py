@@ -8,6 +8,7 @@ from utils.errors import UserError
 from . import conv_backward_layout
 from .bf16_weights import BF16Weights
 from .ema import EMA
+from .flat_params import FlatParams
 from .unet import UNet
 
 UNET_PARAMS = list(inspect.signature(UNet.__init__).parameters)[1:]  # all but self

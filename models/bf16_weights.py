@@ -4,6 +4,8 @@ import copy
 import torch
 import torch.nn as nn
 
+from .flat_params import flatten_, span_pair
+
 
 def conv_weights_channels_last_(model: nn.Module) -> nn.Module:
     """Store every Conv2d weight of ``model`` channels_last, in place (same values, parameters and state_dict keys)."""
@@ -56,12 +58,22 @@ class BF16Weights:
             else:
                 setattr(holder, key, p)                   # shared: GroupNorm's weight and bias
         self._grads = None                                # fp32 gradient buffers, allocated once
+        self._spans = None                                # (copies, master) as two flat buffers: flatten_copies
         self.refresh()
+
+    def flatten_copies(self):
+        """Lay the copies out in one bf16 buffer as the master weights are laid out in theirs (models.FlatParams
+        calls this after flattening them), so `refresh` is one cast over the buffer."""
+        flatten_(self.copies)
+        self._spans = span_pair(self.copies, self.master)
 
     @torch.no_grad()
     def refresh(self):
         """Copy the fp32 weights into the bf16 copy (after every optimizer step and every checkpoint load)."""
-        torch._foreach_copy_(self.copies, self.master)
+        if self._spans is not None:
+            self._spans[0].copy_(self._spans[1])
+        else:
+            torch._foreach_copy_(self.copies, self.master)
 
     @torch.no_grad()
     def grads_to_master(self):

@@ -4,6 +4,8 @@ import copy
 import torch
 import torch.nn as nn
 
+from .flat_params import flatten_, span, span_pair
+
 
 def unwrap(model):
     """The plain module under torch.compile (``._orig_mod``) and DDP / DataParallel (``.module``)."""
@@ -33,6 +35,8 @@ class EMA:
     Floating-point parameters and buffers are averaged; other tensors (e.g. BatchNorm's
     num_batches_tracked) are copied. Tensors are matched by name, so the live model may be the
     torch.compile'd or DDP-wrapped version of the one the EMA was made from.
+    If the model's parameters are views of one buffer (models.FlatParams), the copy's are too, laid out the same
+    way, and an update is one lerp over the buffer instead of a multi-tensor lerp over the parameters.
     """
 
     def __init__(self, model, decay=0.9999, warmup=True):
@@ -52,6 +56,11 @@ class EMA:
         # cached; buffers are swapped for new tensors by .to(), so they are looked up each update
         # (a few dict lookups, no tensor math; the UNet has none).
         self.ema_params = [get_tensor(self.model, n) for n in self.lerp_params]
+        live = [get_tensor(unwrap(model), n) for n in self.lerp_params]
+        if span(live) is not None:      # one buffer (FlatParams): the copy in one buffer too, in the same order
+            order = sorted(range(len(live)), key=lambda i: live[i].storage_offset())
+            flatten_([self.ema_params[i] for i in order])
+        self._spans = None        # (the copy's buffer, the live one) when both are laid out the same way
         self._live = None         # the live module whose parameters are cached below
         self._live_params = None
 
@@ -67,8 +76,11 @@ class EMA:
         if model is not self._live:
             self._live = model
             self._live_params = [get_tensor(model, n) for n in self.lerp_params]
+            self._spans = span_pair(self.ema_params, self._live_params)
         w = 1.0 - self.current_decay()
-        if self.ema_params:
+        if self._spans is not None:
+            self._spans[0].lerp_(self._spans[1], w)
+        elif self.ema_params:
             torch._foreach_lerp_(self.ema_params, self._live_params, w)
         if self.lerp_buffers:
             torch._foreach_lerp_([get_tensor(self.model, n) for n in self.lerp_buffers],

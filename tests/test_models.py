@@ -476,3 +476,84 @@ def test_project_embedding_gives_each_block_its_own_linear_layer():
     assert [m for m, _ in seen] == blocks
     for block, got in seen:
         torch.testing.assert_close(got, block.emb_proj(emb))
+
+
+def test_flatten_and_span():
+    """flatten_ moves tensors into one buffer keeping values, shapes and strides; span finds the buffer the tensors
+    tile (in any order) and refuses gaps, other storages and mixed dtypes; span_pair needs the same layout."""
+    from models.flat_params import flatten_, span, span_pair
+    conv = torch.nn.Conv2d(3, 4, 3)
+    conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+    lin = torch.nn.Linear(5, 2)
+    params = [conv.weight, lin.weight, conv.bias, lin.bias]
+    before = [(p.detach().clone(), p.stride()) for p in params]
+    buf = flatten_(params)
+    assert buf.shape == (sum(p.numel() for p in params),)
+    for p, (value, stride) in zip(params, before):
+        assert torch.equal(p, value) and p.stride() == stride
+        assert p.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()
+    s = span(params[::-1])
+    assert s.data_ptr() == buf.data_ptr() and s.shape == buf.shape
+    assert span(params[1:]).storage_offset() == conv.weight.numel() and span(params[1:]).numel() == buf.numel() - 108
+    assert span([conv.weight, conv.bias]) is None                 # lin.weight lies between them
+    assert span([conv.weight, torch.zeros(3)]) is None             # another storage
+    other = [p.detach().clone() for p in params]
+    copy = flatten_(other, dtype=torch.bfloat16)
+    assert copy.dtype == torch.bfloat16 and span([params[0], other[1]]) is None
+    a, b = span_pair(other, params)
+    assert a.data_ptr() == copy.data_ptr() and b.data_ptr() == buf.data_ptr()
+    assert span_pair(other[::-1], params) is None                  # pairs of different shapes
+    shuffled = [p.detach().clone() for p in params]
+    flatten_([shuffled[1], shuffled[0], shuffled[2], shuffled[3]])
+    assert span(shuffled) is not None and span_pair(shuffled, params) is None   # tiles, in another order
+
+
+@pytest.mark.parametrize('bf16', [False, True])
+def test_flat_params_train_as_per_parameter_bit_for_bit(bf16):
+    """A few Adam steps with FlatParams (one optimizer tensor, one-lerp EMA, one-cast bf16 refresh) give the
+    per-parameter optimizer's weights, EMA and (converted) Adam state bit for bit on the CPU (no clipping here:
+    its norm sums in another order); the converted state loads back into the flat optimizer unchanged."""
+    from models import EMA, BF16Weights, FlatParams
+
+    def run(flat_on):
+        net = tiny_unet(in_channels=1, out_channels=1)
+        weights = BF16Weights(net) if bf16 else None
+        flat = FlatParams(net, weights) if flat_on else None
+        ema = EMA(net, 0.9)
+        opt = torch.optim.Adam([flat.param] if flat else net.parameters(), lr=1e-3)
+        model = weights.model if weights else net
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x, t = torch.randn(4, 1, 16, 16, generator=gen), torch.randint(0, 100, (4,), generator=gen)
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+                model(x, t).float().pow(2).mean().backward()
+            if flat:
+                flat.gather_grads()
+                assert all(s.grad is None for s in flat.sources) and flat.param.grad.abs().sum() > 0
+            elif weights:
+                weights.grads_to_master()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if weights:
+                weights.refresh()
+            ema.update(net)
+        if flat:        # the one-tensor paths were taken
+            assert ema._spans is not None and (weights is None or weights._spans is not None)
+            assert len(opt.state) == 1
+        return net, ema, opt, flat
+
+    net_a, ema_a, opt_a, _ = run(False)
+    net_b, ema_b, opt_b, flat = run(True)
+    for (name, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(ema_a.model.state_dict().items(), ema_b.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    per_param = flat.state_to_params(opt_b.state_dict())
+    ref = opt_a.state_dict()
+    assert per_param['param_groups'] == ref['param_groups'] and per_param['state'].keys() == ref['state'].keys()
+    for i, state in ref['state'].items():
+        for k, v in state.items():
+            assert torch.equal(per_param['state'][i][k], v) and per_param['state'][i][k].shape == v.shape, (i, k)
+    back = flat.state_from_params(ref)
+    for k, v in opt_b.state_dict()['state'][0].items():
+        assert torch.equal(back['state'][0][k], v), k

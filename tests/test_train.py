@@ -102,10 +102,12 @@ def test_two_cpu_processes_match_one_process(tmp_path, image_dir, on_gpu):
     only difference is the order of the gradient reduction: weights and EMA agree to float32 rounding, as
     amplified by Adam (m/√v turns a rounding difference of a near-zero gradient into up to a step's size):
     1e-5 absolute is 1% of one step at the tiny config's lr of 1e-3. A 2-process checkpoint also resumes on
-    1 process and lands on the same weights.
+    1 process and lands on the same weights. The data-on-device variant also keeps the parameters in one buffer
+    (train.flat_params: DDP reduces the model's gradients, then they are gathered into the one optimizer tensor).
     """
     launch = ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', '29613')
-    over = tiny(image_dir, **{'data.on_gpu': on_gpu, 'train.sample_freq': 2, 'model.params.dropout': 0.0})
+    over = tiny(image_dir, **{'data.on_gpu': on_gpu, 'train.sample_freq': 2, 'model.params.dropout': 0.0,
+                              'train.flat_params': on_gpu})
     two, one, mixed = tmp_path / 'two', tmp_path / 'one', tmp_path / 'mixed'
     p = train(['-e', str(two), '--train.n_steps', '2', *over], launcher=launch)
     assert '2 process(es)' in p.stdout and 'batch 8 = 2 x 4' in p.stdout
@@ -374,3 +376,39 @@ def test_bf16_weights_need_bf16(tmp_path, image_dir):
                                 '--train.mixed_precision', 'no'], check=False))
     assert 'train.bf16_weights needs bf16 mixed precision' in msg and '--train.mixed_precision bf16' in msg
     assert not (tmp_path / 'x').exists()
+
+
+def test_flat_params_train_the_same_and_checkpoints_cross_settings(tmp_path, image_dir):
+    """train.flat_params (the parameters as views of one buffer, one optimizer tensor) trains what the per-parameter
+    optimizer trains: the same weights, EMA and (per-parameter, as written) Adam state up to the clipping norm's
+    summation order (up to 1.4e-7 here, 0.07% of one Adam step of lr 2e-4); it resumes bit for bit, and a checkpoint
+    of either setting resumes in the other."""
+    over = tiny(image_dir, **{'model.params.dropout': 0.0, 'train.n_samples': 0})
+    flat = ['--train.flat_params', 'true']
+    runs = {'per_param': [], 'flat': flat, 'flat_split': flat, 'to_flat': [], 'from_flat': flat}
+    for name, setting in runs.items():
+        steps = '4' if name in ('per_param', 'flat') else '2'
+        train(['-e', str(tmp_path / name), '--train.n_steps', steps, *setting, *over])
+    for name, setting in [('flat_split', flat), ('to_flat', flat), ('from_flat', [])]:
+        train(['-e', str(tmp_path / name), '--train.n_steps', '4', '--train.resume', 'latest', *setting, *over])
+    ck = {name: tmp_path / name / 'ckpt' / 'step0000004' for name in runs}
+    for name in ('model.pt', 'ema.pt', 'optimizer.pt', 'meta.pt', 'rng_0.pt'):
+        assert_same_tree(load(ck['flat'], name), load(ck['flat_split'], name), name)
+
+    def assert_close_tree(a, b, atol, path=''):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys(), path
+            for k in a:
+                assert_close_tree(a[k], b[k], atol, f'{path}.{k}')
+        elif isinstance(a, torch.Tensor):
+            assert a.shape == b.shape, path
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=atol, msg=path)
+        else:
+            assert a == b, path
+    for other in ('flat', 'to_flat', 'from_flat'):      # a lost gradient or refresh moves weights by ~2e-4
+        for name, atol in (('model.pt', 1e-6), ('ema.pt', 1e-6), ('optimizer.pt', 1e-9)):
+            assert_close_tree(load(ck['per_param'], name), load(ck[other], name), atol, f'{other}/{name}')
+    moved = load(tmp_path / 'flat' / 'ckpt' / 'step0000002', 'model.pt')
+    assert any(not torch.equal(moved[k], v) for k, v in load(ck['flat'], 'model.pt').items())
+    state = load(ck['flat'], 'optimizer.pt')['state']
+    assert len(state) == len(load(ck['flat'], 'model.pt')) and all(s['step'].item() == 4 for s in state.values())
