@@ -117,17 +117,23 @@ class FlatParams:
                                    'replaced after FlatParams was made); make FlatParams after moving the model')
             self.grad = torch.zeros_like(self.param)
             self._grad_views = [self.view(p, self.grad) for p in self.params]
+        # zero, then add the gradients of the buffer's dtype: a same-dtype _foreach_copy_ falls back to one
+        # cudaMemcpyAsync per tensor, a host call each (106 GroupNorm gradients: ~0.9 ms of host time per step on an
+        # H100, attempt 15), where _foreach_add_ is one multi-tensor kernel; bf16 gradients are cast by copying
+        self.grad.zero_()
         groups = {}
         for src, view in zip(self.sources, self._grad_views):
-            if src.grad is None:
-                view.zero_()
-                continue
-            dst, grads = groups.setdefault(src.grad.dtype, ([], []))
-            dst.append(view)
-            grads.append(src.grad)
-            src.grad = None
-        for dst, grads in groups.values():
-            torch._foreach_copy_(dst, grads)
+            g = src.grad
+            if g is not None:
+                dst, grads = groups.setdefault(g.dtype, ([], []))
+                dst.append(view)
+                grads.append(g)
+                src.grad = None
+        for dtype, (dst, grads) in groups.items():
+            if dtype == self.grad.dtype:
+                torch._foreach_add_(dst, grads)
+            else:
+                torch._foreach_copy_(dst, grads)
         self.param.grad = self.grad
 
     def state_to_params(self, state_dict: dict) -> dict:
