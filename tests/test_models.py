@@ -488,14 +488,17 @@ def test_flatten_and_span():
     params = [conv.weight, lin.weight, conv.bias, lin.bias]
     before = [(p.detach().clone(), p.stride()) for p in params]
     buf = flatten_(params)
-    assert buf.shape == (sum(p.numel() for p in params),)
+    # each at a multiple of 16 elements (a CUDA graph's static inputs must be 16-byte aligned), zeros between
+    assert [p.storage_offset() for p in params] == [0, 112, 128, 144] and buf.shape == (146,)
+    assert buf[108:112].eq(0).all() and buf[122:128].eq(0).all()
     for p, (value, stride) in zip(params, before):
         assert torch.equal(p, value) and p.stride() == stride
         assert p.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()
     s = span(params[::-1])
     assert s.data_ptr() == buf.data_ptr() and s.shape == buf.shape
-    assert span(params[1:]).storage_offset() == conv.weight.numel() and span(params[1:]).numel() == buf.numel() - 108
+    assert span(params[1:]).storage_offset() == 112 and span(params[1:]).numel() == 146 - 112
     assert span([conv.weight, conv.bias]) is None                 # lin.weight lies between them
+    assert span([params[0], buf[100:120]]) is None                # overlap
     assert span([conv.weight, torch.zeros(3)]) is None             # another storage
     other = [p.detach().clone() for p in params]
     copy = flatten_(other, dtype=torch.bfloat16)
