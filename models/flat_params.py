@@ -6,7 +6,7 @@ tensor a thread block of its own, so on an H100 these took 0.72 ms of the 11.9 m
 several times what their bytes cost at the memory bandwidth (bench/NOTES.md, attempt 12). With the parameters
 as views of one buffer, each of them runs over a single tensor:
 
-    flat = FlatParams(net, bf16_weights)     # before the EMA and the optimizer are made
+    flat = FlatParams(net, bf16_weights)     # after the model is placed (.to, accelerator.prepare); before the EMA
     optimizer = Adam([flat.param], ...)      # one parameter: the whole buffer
     loss.backward()
     flat.gather_grads()                      # each parameter's (or its bf16 copy's) gradient -> flat.param.grad
@@ -18,7 +18,8 @@ kind; `state_to_params` / `state_from_params` convert it to and from the per-par
 `module.parameters()` writes, so checkpoints do not depend on this setting. The numbers are the same as the
 per-parameter optimizer's, except the clipping norm's summation order, and that a parameter without a gradient
 in a step gets a zero gradient (Adam's moments and weight decay still move it) where a per-parameter optimizer
-skips it; the UNet uses every parameter in every step.
+skips it; the UNet uses every parameter in every step. The buffer holds a few zeros between parameters (ALIGN);
+their gradient is zero, so Adam, the clipping norm and the EMA leave them zero.
 """
 import torch
 import torch.nn as nn
