@@ -110,7 +110,6 @@ class FlatParams:
         first = list(copy_of)
         self.params = first + [p for p in self.index if p not in copy_of]
         self.param = nn.Parameter(flatten_(self.params))
-        self.offset = {p: p.storage_offset() for p in self.params}
         self.sources = [copy_of.get(p, p) for p in self.params]   # where each parameter's gradient arrives
         if bf16_weights:
             bf16_weights.flatten_copies()
@@ -118,8 +117,9 @@ class FlatParams:
         self._grad_views = None
 
     def view(self, p, flat: torch.Tensor) -> torch.Tensor:
-        """Parameter `p`'s part of a tensor laid out like the buffer (its gradient, an optimizer state)."""
-        return flat.as_strided(p.shape, p.stride(), flat.storage_offset() + self.offset[p])
+        """Parameter `p`'s part of a tensor laid out like the buffer (its gradient, an optimizer state): where `p`
+        sits in the buffer, which starts at offset 0 of its storage."""
+        return flat.as_strided(p.shape, p.stride(), flat.storage_offset() + p.storage_offset())
 
     @torch.no_grad()
     def gather_grads(self):
