@@ -10,20 +10,8 @@
 #   R=runs/s15 bash bench/gpu_session15.sh     (from the repo root; needs .data/fashion-mnist)
 # Poll with back-to-back calls (the machine goes back 30 s after a call), copying $R to $OUT in every poll (a tar);
 # wait for $R/all.done, never for a pgrep of a string in the polling command itself.
-set -u
-export PYTHONUNBUFFERED=1
 R=${R:-runs/session15}
-MNIST_ROOT=${MNIST_ROOT:-.data/fashion-mnist}
-mkdir -p $R
-log() { echo "[$(date +%T)] $*" >> $R/pipeline.log; }
-log "start"; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> $R/pipeline.log
-REASONS=clocks_event_reasons.active     # older drivers: clocks_throttle_reasons.active
-nvidia-smi --query-gpu=$REASONS --format=csv > /dev/null 2>&1 || REASONS=clocks_throttle_reasons.active
-nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu,$REASONS \
-    --format=csv -lms 1000 > $R/gpu-monitor.csv 2>&1 &
-GPU_MON=$!
-(while true; do echo "$(date +%T) $(cat /proc/loadavg) $(grep '^cpu ' /proc/stat)"; sleep 2; done) > $R/host-monitor.log &
-HOST_MON=$!
+source bench/session_setup.sh
 python bench/bench.py --out $R/bench-mnist.json --configs mnist --only matmul,train,agree --mnist-root $MNIST_ROOT \
     --modes plain,fast,fast-cdt > $R/bench-mnist.log 2>&1
 log "1 bench mnist done (exit $?)"
@@ -39,5 +27,4 @@ gzip -f $R/prof-mnist/trace.json
 python bench/bench.py --out $R/bench-cifar.json --configs cifar10 --only train --modes fast --warmup-run 0 \
     > $R/bench-cifar.log 2>&1
 log "4 bench cifar done (exit $?)"
-kill $GPU_MON $HOST_MON
-touch $R/all.done
+finish
