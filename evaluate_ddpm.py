@@ -7,17 +7,234 @@
 
 The reference is one of: --ref-config (the config's dataset as training sees it; its statistics are
 cached, see --cache-dir), --ref (a folder of images or an .npz) or --ref-stats (a statistics .npz:
-pytorch-fid style mu/sigma, or mu/sigma_triu). See docs/evaluation.md.
+pytorch-fid style mu/sigma, or mu/sigma_triu). See docs/evaluation.md. Features and statistics are
+utils/fid.py's; this file reads the sample sets and puts the metrics together.
 """
 import argparse
 import json
 import os
 import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
 
 from utils.config import ArgumentParser
-from utils.errors import run_main
-from utils.fid import DIMS, default_cache_dir, evaluate, format_table
+from utils.errors import UserError, run_main
+from utils.files import IMAGE_EXTS, atomic_write
+from utils.fid import (DIMS, FEATURE_EXTRACTOR, LOGITS, NO_LOGITS, cached_reference, check_weights, default_cache_dir,
+                       default_device, extract_features, extractor_tag, features_to_stats, fid_from_stats,
+                       inception_score, kid_from_features, load_stats, save_stats)
+from utils.images import Uint8Images
 
+
+# ----------------------------------------------------------------------------- sample sets
+
+def _image_files_dataset(files, size):
+    """torch-fidelity's lazy file dataset (PIL ``convert('RGB')``: grayscale replicated), with ``.size``."""
+    from torch_fidelity.datasets import ImagesPathDataset
+    ds = ImagesPathDataset([str(f) for f in files])
+    ds.size = size
+    return ds
+
+
+def to_nchw(arr, what="images") -> torch.Tensor:
+    """A uint8 array N x H x W, N x H x W x C or N x C x H x W (C = 1 or 3) as a uint8 N x C x H x W tensor."""
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8:
+        raise UserError(f"{what}: expected uint8 images (0..255), got {arr.dtype}; save samples as uint8")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[1] not in (1, 3):
+        if arr.shape[-1] not in (1, 3):
+            raise UserError(f"{what}: cannot tell the channel axis of an array of shape {arr.shape}; "
+                            f"expected N x H x W, N x H x W x C or N x C x H x W with C = 1 or 3")
+        arr = arr.transpose(0, 3, 1, 2)
+    elif arr.ndim != 4:
+        raise UserError(f"{what}: expected an array N x H x W, N x H x W x C or N x C x H x W, got shape {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def load_images(path, what="samples") -> torch.utils.data.Dataset:
+    """A folder of PNG/JPEG images or an ``.npz``/``.npy`` of uint8 images as a Dataset of uint8 3 x H x W.
+
+    The ``.npz`` array is the one named ``samples`` or ``arr_0``, else the first. The Dataset has
+    ``.size == (H, W)``. No images, mixed sizes or a non-uint8 array raise a :class:`UserError`.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return _load_folder(p, what)
+    if not p.is_file():
+        raise UserError(f"{what} '{path}' not found; pass a folder of PNG/JPEG images or an .npz of uint8 images")
+    try:
+        z = np.load(p, allow_pickle=False)
+        if isinstance(z, np.ndarray):
+            arr = z
+        else:
+            with z:
+                if not z.files:
+                    raise UserError(f"no images found in {what} '{path}': the .npz holds no array")
+                arr = z[next((k for k in ("samples", "arr_0") if k in z.files), z.files[0])]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{what} '{path}' is neither a folder of images nor a readable .npz/.npy of uint8 "
+                        f"images ({' '.join(str(e).split())})") from None
+    x = to_nchw(arr, f"{what} '{path}'")
+    if len(x) == 0:
+        raise UserError(f"no images found in {what} '{path}': its array is empty")
+    return Uint8Images(x, rgb=True)
+
+
+def _load_folder(folder: Path, what: str) -> torch.utils.data.Dataset:
+    from PIL import Image, UnidentifiedImageError
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+    if not files:
+        raise UserError(f"no images found in {what} folder '{folder}' (looked for {', '.join(IMAGE_EXTS)}); "
+                        f"pass the folder the sampler wrote or an .npz")
+    first = {}
+    for f in files:  # headers only: cheap even for 50K files
+        try:
+            with Image.open(f) as im:
+                w, h = im.size
+        except (OSError, UnidentifiedImageError) as e:
+            raise UserError(f"cannot read image '{f}' ({' '.join(str(e).split())}); remove or replace it") from None
+        first.setdefault((h, w), f.name)
+        if len(first) > 1:
+            (s1, f1), (s2, f2) = first.items()
+            raise UserError(f"mixed image sizes in {what} folder '{folder}': {f1} is {s1[1]}x{s1[0]}, "
+                            f"{f2} is {s2[1]}x{s2[0]}; all images must have the same size")
+    return _image_files_dataset(files, next(iter(first)))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def evaluate(samples=None, *, ref_config=None, ref_split="train", ref=None, ref_stats=None, fid=True, kid=False,
+             isc=False, weights_path=None, device=None, batch_size=64, dims=2048, kid_subset_size=1000,
+             kid_subsets=100, isc_splits=10, cache_dir=None, save_ref_stats=None, verbose=False) -> dict:
+    """Evaluate a sample set (folder or ``.npz``) against one reference; the logic of ``evaluate_ddpm.py``.
+
+    The reference is one of ``ref_config`` (a YAML config: its dataset as training sees it, with
+    statistics cached, see utils.fid.cached_reference), ``ref`` (images, like ``samples``) or
+    ``ref_stats`` (a statistics ``.npz``; not enough for KID). ``save_ref_stats`` writes the
+    reference statistics pytorch-fid style; ``samples`` may then be ``None``.
+
+    Returns a JSON-able dict: ``metrics`` (``fid``, ``kid_mean``/``kid_std``, ``isc_mean``/``isc_std``
+    or ``isc: "unavailable: ..."``), ``n_samples``, ``n_reference``, ``samples``, ``reference``,
+    ``extractor``, ``seconds``. Bad input raises a one-line :class:`UserError` before any
+    feature is computed where that can be known in advance.
+    """
+    t0 = time.perf_counter()
+    device = torch.device(device) if device is not None else default_device()
+    if dims not in DIMS:
+        raise UserError(f"--dims must be one of {', '.join(map(str, DIMS))}, got {dims}")
+    check_weights(weights_path)
+    need_ref = fid or kid or save_ref_stats is not None
+    given = [r for r in (ref_config, ref, ref_stats) if r is not None]
+    if need_ref and len(given) != 1:
+        raise UserError("give exactly one reference: --ref-config CONFIG, --ref DIR_OR_NPZ or --ref-stats FILE.npz")
+    if samples is None and save_ref_stats is None:
+        raise UserError("no samples given; pass --samples DIR_OR_NPZ")
+    if kid and ref_stats is not None:
+        raise UserError("KID needs reference images, not statistics: use --ref-config or --ref instead of --ref-stats")
+
+    sample_set = load_images(samples, "samples") if samples is not None else None
+    n = len(sample_set) if sample_set is not None else None
+    if sample_set is not None:
+        if kid and n < kid_subset_size:
+            raise UserError(f"fewer samples ({n}) than the KID subset size ({kid_subset_size}); "
+                            f"pass --kid-subset-size {n} or less, or more samples")
+        if isc and n < isc_splits:
+            raise UserError(f"fewer samples ({n}) than IS splits ({isc_splits}); pass --isc-splits {n} or less")
+
+    layer = str(dims)
+    ref_info = {"stats": None, "features": None, "n": None}
+    reference, cache_path = None, None
+    if need_ref and ref_stats is not None:
+        stats = load_stats(ref_stats, dims)
+        ref_info = {"stats": stats, "features": None, "n": stats["n"]}
+        reference = f"statistics {ref_stats}"
+    elif need_ref and ref is not None:
+        ref_set = load_images(ref, "reference")
+        if kid and len(ref_set) < kid_subset_size:
+            raise UserError(f"fewer reference images ({len(ref_set)}) than the KID subset size ({kid_subset_size}); "
+                            f"pass --kid-subset-size {len(ref_set)} or less")
+        feats = extract_features(ref_set, (layer,), weights_path, device, batch_size, verbose)[layer]
+        ref_info = {"stats": features_to_stats(feats), "features": feats, "n": len(feats)}
+        reference = f"images {ref}"
+    elif need_ref:
+        import datasets
+        from utils.config import load_config
+        data_cfg = load_config(ref_config)["data"]
+        size = data_cfg.get("img_size")
+        if sample_set is not None and isinstance(size, int) and sample_set.size != (size, size):
+            h, w = sample_set.size
+            raise UserError(f"samples are {w}x{h} but '{ref_config}' trains at {size}x{size} (data.img_size); "
+                            f"evaluate samples of the config's size")
+        ref_info = cached_reference(data_cfg, ref_split, lambda: datasets.load_uint8(data_cfg, ref_split), weights_path,
+                                    device, batch_size, dims, cache_dir, need_features=kid, verbose=verbose)
+        cache_path = ref_info["cache_path"]
+        reference = (f"config {ref_config}: {data_cfg.get('name')} {ref_split} {size}px"
+                     f" ({'cached' if ref_info['cached'] else 'computed, cached'})")
+    if save_ref_stats is not None:
+        save_stats(save_ref_stats, ref_info["stats"])
+
+    metrics = {}
+    if sample_set is not None:
+        layers = (layer, LOGITS) if isc else (layer,)
+        feats = extract_features(sample_set, layers, weights_path, device, batch_size, verbose)
+        if fid:
+            metrics["fid"] = fid_from_stats(features_to_stats(feats[layer]), ref_info["stats"])
+        if kid:
+            metrics["kid_mean"], metrics["kid_std"] = kid_from_features(feats[layer], ref_info["features"],
+                                                                        kid_subset_size, kid_subsets)
+        if isc:
+            score = inception_score(feats[LOGITS], isc_splits)
+            if score is None:
+                metrics["isc"] = NO_LOGITS
+            else:
+                metrics["isc_mean"], metrics["isc_std"] = score
+    return {
+        "metrics": metrics,
+        "n_samples": n,
+        "n_reference": ref_info["n"],
+        "samples": None if samples is None else str(samples),
+        "reference": reference,
+        "reference_cache": cache_path,
+        "saved_reference_stats": None if save_ref_stats is None else str(save_ref_stats),
+        "extractor": {"name": FEATURE_EXTRACTOR, "dims": dims,
+                      "weights": None if weights_path is None else str(weights_path),
+                      "tag": extractor_tag(weights_path)},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def format_table(res: dict) -> str:
+    """A short human-readable table of :func:`evaluate`'s result."""
+    m = res["metrics"]
+    rows = []
+    if "fid" in m:
+        rows.append(("FID", f"{m['fid']:.4f}"))
+    if "kid_mean" in m:
+        rows.append(("KID", f"{m['kid_mean']:.6f} ± {m['kid_std']:.6f}"))
+    if "isc" in m:
+        rows.append(("IS", m["isc"]))
+    elif "isc_mean" in m:
+        rows.append(("IS", f"{m['isc_mean']:.4f} ± {m['isc_std']:.4f}"))
+    if res["samples"] is not None:
+        rows.append(("samples", f"{res['n_samples']}  {res['samples']}"))
+    if res["reference"] is not None:
+        n_ref = "?" if res["n_reference"] is None else res["n_reference"]
+        rows.append(("reference", f"{n_ref}  {res['reference']}"))
+    if res["saved_reference_stats"]:
+        rows.append(("saved", res["saved_reference_stats"]))
+    ex = res["extractor"]
+    weights = ex["weights"] or "torch-fidelity's download"
+    rows.append(("extractor", f"{ex['tag']} ({ex['dims']}-d), weights: {weights}"))
+    rows.append(("seconds", f"{res['seconds']:.1f}"))
+    return "\n".join(f"{k:<10} {v}" for k, v in rows)
+
+
+# ----------------------------------------------------------------------------- command line
 
 def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,9 +281,7 @@ def main(argv=None):
         print(json.dumps(res, indent=2))
     elif args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=2)
-            f.write("\n")
+        atomic_write(args.out, lambda f: f.write(json.dumps(res, indent=2) + "\n"), mode="w")
     return res
 
 

@@ -4,7 +4,7 @@
         [--var_type VAR_TYPE] [--skip_type SKIP_TYPE] [--skip_steps SKIP_STEPS] --n_samples N_SAMPLES
         --save_dir SAVE_DIR [--micro_batch MICRO_BATCH] [--mode {sample,denoise,progressive}]
         [--n_denoise N_DENOISE] [--n_progressive N_PROGRESSIVE] [--sampler {ddpm,ddim,dpm_solver++}]
-        [--eta ETA] [--grid [N]] [--save_npz] [--compile [MODE]] [--key.sub value ...]
+        [--eta ETA] [--grid [N]] [--save_npz] [--fast] [--compile [MODE]] [--compile_tuning] [--key.sub value ...]
 
 Modes: `sample` writes SAVE_DIR/NNNNNN.png per image; `denoise` a row of n_denoise x_t snapshots along the
 chain (ending at the sample); `progressive` a row of n_progressive predicted-x0 snapshots.
@@ -27,11 +27,13 @@ from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 from diffusions import DDPM, SAMPLERS, SKIP_TYPES, VAR_TYPES, make_sampler
-from models import build_model, compile_model
+from models import build_model
+from models.fast import COMPILE_MODES, compile_for_sampling
 from utils import checkpoint as ckpt
 from utils import images
-from utils.config import SHIPPED, ArgumentParser, parse_args
+from utils.config import ArgumentParser, parse_args
 from utils.errors import UserError, run_main
+from utils.files import atomic_write
 
 MODES = ('sample', 'denoise', 'progressive')
 SETTINGS_FILE = 'sample_args.yaml'      # what the images in SAVE_DIR were made with; checked on a rerun
@@ -66,8 +68,10 @@ def get_parser():
     p.add_argument('--grid', type=int, nargs='?', const=64, default=0, metavar='N',
                    help='also write SAVE_DIR/grid/grid.png of the first N images or rows (N defaults to 64)')
     p.add_argument('--save_npz', action='store_true', help='also write SAVE_DIR/samples.npz (N×H×W×C uint8) for FID tools')
+    p.add_argument('--fast', action='store_true',
+                   help='the recommended setting on a GPU: bf16 autocast, --compile reduce-overhead, --compile_tuning')
     p.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
-                   help='torch.compile the model; MODE reduce-overhead adds CUDA graphs (the fast setting on a GPU)')
+                   help='torch.compile the model (models/fast); MODE reduce-overhead adds CUDA graphs')
     p.add_argument('--compile_tuning', action='store_true',
                    help="with --compile: inductor's coordinate-descent tuning of its kernels (minutes more compiling, "
                         "cached; a few %% faster sampling)")
@@ -126,6 +130,8 @@ def check_args(args):
         raise UserError(f"--save_npz stores final samples: use it with --mode sample, not {args.mode}")
     if os.path.exists(args.save_dir) and not os.path.isdir(args.save_dir):
         raise UserError(f"--save_dir {args.save_dir} is a file; pass a folder (it is created if missing)")
+    if args.compile is not None and args.compile not in COMPILE_MODES:
+        raise UserError(f"--compile {args.compile}: choose one of {', '.join(COMPILE_MODES)}")
 
 
 def check_settings(path: str, settings: dict):
@@ -146,8 +152,10 @@ def check_settings(path: str, settings: dict):
 
 
 def main(argv=None):
-    args, cfg = parse_args(get_parser(), argv, reference=SHIPPED)
+    args, cfg = parse_args(get_parser(), argv)
     args.load_ema = str2bool(args.load_ema)
+    if args.fast:
+        args.compile, args.compile_tuning = args.compile or 'reduce-overhead', True
     check_args(args)
     seed = cfg['seed'] if args.seed is None else args.seed
     skip_type = args.skip_type or ('uniform' if args.skip_steps is not None else None)
@@ -173,11 +181,12 @@ def main(argv=None):
     check_settings(settings_path, settings)
 
     # ---------------------------------------------------------------- processes, pending batches
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())   # N gloo processes on a CPU-only machine
+    # N gloo processes on a CPU-only machine; --fast: bf16 autocast (else what accelerate launch/config says)
+    accelerator = Accelerator(mixed_precision='bf16' if args.fast else None, cpu=not torch.cuda.is_available())
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     model = model.to(device)                    # unwrapped: no DDP for sampling
     if args.compile:               # every batch has micro_batch images: static shapes, graph-friendly
-        model = compile_model(model, args.compile, freeze=True, tune=args.compile_tuning)   # weights: constants
+        model = compile_for_sampling(model, args.compile, tune=args.compile_tuning)   # weights: constants
     n, mb = args.n_samples, args.micro_batch
     width = max(6, len(str(n - 1)))
     path_of = lambda i: os.path.join(args.save_dir, f'{i:0{width}d}.png')
@@ -187,10 +196,7 @@ def main(argv=None):
     if accelerator.is_main_process:
         os.makedirs(args.save_dir, exist_ok=True)
         if not os.path.isfile(settings_path):
-            tmp = f'{settings_path}.{os.getpid()}.tmp'
-            with open(tmp, 'w') as f:
-                yaml.safe_dump(settings, f, sort_keys=False)
-            os.replace(tmp, settings_path)
+            atomic_write(settings_path, lambda f: yaml.safe_dump(settings, f, sort_keys=False), mode='w')
         pending = [b for b in range(n_batches) if not all(os.path.isfile(path_of(i)) for i in batch_ids(b))]
     pending = broadcast_object_list([pending])[0] if world > 1 else pending   # one list for all processes
     mine = pending[rank::world]

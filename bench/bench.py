@@ -1,37 +1,27 @@
-"""GPU benchmark: training and sampling speed of this repo, plain vs fast mode, in one run.
+"""GPU benchmark: training and sampling speed, plain vs the recommended fast setting, in one run.
 
-    python bench/bench.py --out bench/results.json [--train-steps 600] [--loss-steps 2000]
+    python bench/bench.py --out bench/results/RUN/bench.json [--configs cifar10,mnist] [--modes plain,fast]
 
-Training is timed through the real `train_ddpm.py` command (a subprocess per workload): its log reports
-steps/s over each `print_freq` window, timed on the host after the window's one device sync; the first
-two windows (compile, warm-up) are dropped and the median of the rest is reported. Data: synthetic images
-written in the real on-disk formats (CIFAR-10 python pickles, MNIST IDX), read by the real dataset code,
-either kept on the GPU (`data.on_gpu true`) or fed by DataLoader workers.
+Training runs the real `train_ddpm.py` command (a subprocess per mode): its log reports steps/s over each
+`print_freq` window, timed on the host after the window's one device sync; the first two windows (compile,
+warm-up) are dropped and the median of the rest is reported. Data: synthetic images written in the real on-disk
+formats (CIFAR-10 python pickles, MNIST IDX) unless --mnist-root points at real IDX files, read by the real
+dataset code. A discarded warm-up run precedes each config's timed runs (the first run of a call read low).
 
-Sampling is timed in-process on a slice of the chain (`--sample-steps` reverse steps after warm-up, with
-CUDA-event timing) and extrapolated to the 1000-step chain and to a 100-step skip chain (same cost per step).
+Sampling is timed in-process on a slice of the 1000-step chain (`--sample-steps` reverse steps after warm-up,
+CUDA-event timing), with the model prepared as `sample_ddpm.py` prepares it, and extrapolated to the whole chain.
 
-plain = eager fp32, NCHW, DataLoader workers (the repo's own baseline).
-fast  = the recommended setting: data on the GPU, bf16 autocast, the model run on a bf16 copy of its conv/linear
-        weights (train.bf16_weights), the parameters in one flat buffer (train.flat_params: clipping, Adam, the EMA and
-        the bf16 refresh over one tensor each), torch.compile with CUDA graphs
-        (mode reduce-overhead), convolutions channels_last inside the compiled graph (inductor's layout
-        optimization, forced on for training: train.compile_force_layout_opt), NCHW model and data (channels_last
-        there measured no faster, see NOTES.md), GroupNorm statistics per channel when sampling (GroupNorm's
-        compiled_stats 'auto'); sampling also folds the weights into the graph (inductor's freezing) and tunes
-        inductor's kernels (coordinate-descent tuning), as sample_ddpm.py --compile reduce-overhead --compile_tuning
-        does. A discarded warm-up run precedes each config's timed runs (--warmup-run). Variants each change one
-        or two switches, to measure what they are worth: training fast-nolayout (inductor's heuristic decides the
-        layout), fast-convcl (conv weights stored channels_last), fast-gnchan / fast-gnchunk (per-channel /
-        per-chunk statistics in training too), fast-oldmodel (attempt 7's attention and upsampling forwards),
-        fast-combo (inductor's combo kernels), fast-nobf16w (autocast on the fp32 weights), fast-perblock (one GEMM
-        per ResBlock embedding projection), fast-a10 (attempt 10's fast: both), fast-bf16nchw (the bf16 copy keeps
-        NCHW conv weights), fast-cl, fast-nographs, fast-cudnn, fast-cl-cudnn, fast-cdt (train.compile_tuning:
-        inductor's coordinate-descent tuning), fast-noclbw / fast-noclbw-cdt (without
-        models/conv_backward_layout.py: cuDNN copies the backward's NCHW and strided operands), fast-noflat
-        (per-parameter optimizer, clipping, EMA and refresh), eager-bf16; sampling
-        fast-notune (without the tuning), fast-nofreeze, fast-gngroup, fast-gnchunk, fast-oldmodel, fast-perblock,
-        fast-cl, fast-cudnn, fast-cl-cudnn, fast-autotune.
+Training modes (the overrides each adds to the config; MODES below):
+  plain            train.fast false: eager fp32, DataLoader workers (the reference path)
+  fast             train.fast true: the recommended setting (README, docs/benchmarks.md)
+  fast-no<switch>  fast with one switch turned back off, to measure what it is worth: -noflat
+                   (train.flat_params), -nobf16w (train.bf16_weights), -notune (train.compile_tuning), -nolayout
+                   (train.compile_force_layout_opt), -nographs (compile_mode default: no CUDA graphs), -nocompile
+                   (eager bf16), -dataloader (data.on_gpu false)
+Sampling modes: plain (eager fp32), fast (sample_ddpm.py --fast: bf16, compiled with CUDA graphs, frozen weights,
+per-channel GroupNorm statistics, tuned kernels), fast-notune.
+Same results: the MNIST runs double as a loss-curve check (plain vs fast, last windows), and the plain run's EMA
+weights sample DDIM-50 in fp32 and in bf16 from the same noise (mean pixel difference, PSNR).
 """
 import argparse
 import gzip
@@ -55,105 +45,17 @@ from diffusions import DDPM  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
-FAST = {'data.on_gpu': 'true', 'train.mixed_precision': 'bf16', 'train.compile': 'true',
-        'train.compile_mode': 'reduce-overhead', 'train.channels_last': 'false',
-        'train.compile_force_layout_opt': 'true', 'train.bf16_weights': 'true', 'train.flat_params': 'true'}
 MODES = {
-    'plain': {'data.on_gpu': 'false', 'train.mixed_precision': 'no', 'train.compile': 'false',
-              'train.channels_last': 'false'},
-    'fast': FAST,                                                   # the recommended setting
-    'fast-cl': dict(FAST, **{'train.channels_last': 'true'}),      # variants, to measure each switch
-    'fast-nographs': dict(FAST, **{'train.compile_mode': 'default'}),
-    'fast-cudnn': dict(FAST, **{'train.cudnn_benchmark': 'true'}),
-    'fast-cl-cudnn': dict(FAST, **{'train.channels_last': 'true', 'train.cudnn_benchmark': 'true'}),
-    'eager-bf16': dict(FAST, **{'train.compile': 'false'}),
-    'fast-cdt': dict(FAST, **{'train.compile_tuning': 'true'}),     # + inductor's coordinate-descent tuning
-    'fast-noflat': dict(FAST, **{'train.flat_params': 'false'}),   # per-parameter clip/Adam/EMA/refresh (attempt 14's fast)
-    'fast-noclbw': FAST,        # without models/conv_backward_layout.py (attempt 13's fast) (MODE_VARIANT)
-    'fast-noclbw-cdt': dict(FAST, **{'train.compile_tuning': 'true'}),   # the same, with the tuning (MODE_VARIANT)
-    'fast-nolayout': dict(FAST, **{'train.compile_force_layout_opt': 'false'}),   # inductor's heuristic: NCHW graph
-    'fast-gnchan': FAST,        # GroupNorm statistics per channel in the compiled training graph too (MODE_VARIANT)
-    'fast-gnchunk': FAST,       # GroupNorm statistics per row chunk in the compiled training graph (MODE_VARIANT)
-    'fast-oldmodel': FAST,      # attempt 7's AttnBlock and Upsample forwards (MODE_VARIANT), to measure the new ones
-    'fast-combo': FAST,         # inductor's combo kernels: independent small kernels (casts) launched as one
-    'fast-convcl': FAST,        # conv weights stored channels_last, as the compiled graph uses them (no grad copies)
-    'fast-nobf16w': dict(FAST, **{'train.bf16_weights': 'false'}),    # autocast casts the fp32 weights in the graph
-    'fast-perblock': FAST,      # one linear layer per ResBlock for the embedding projections (MODE_VARIANT)
-    'fast-a10': dict(FAST, **{'train.bf16_weights': 'false'}),        # attempt 10's fast: both of the above
-    'fast-bf16nchw': FAST,      # the bf16 copy with the conv weights' NCHW layout kept (MODE_VARIANT)
+    'plain': {'train.fast': 'false'},
+    'fast': {'train.fast': 'true'},
+    'fast-noflat': {'train.fast': 'true', 'train.flat_params': 'false'},
+    'fast-nobf16w': {'train.fast': 'true', 'train.bf16_weights': 'false'},
+    'fast-notune': {'train.fast': 'true', 'train.compile_tuning': 'false'},
+    'fast-nolayout': {'train.fast': 'true', 'train.compile_force_layout_opt': 'false'},
+    'fast-nographs': {'train.fast': 'true', 'train.compile_mode': 'default'},
+    'fast-nocompile': {'train.fast': 'true', 'train.compile': 'false'},
+    'fast-dataloader': {'train.fast': 'true', 'data.on_gpu': 'false'},
 }
-# what apply_variant changes in the training process before train_ddpm.py runs (through the VARIANT launcher)
-MODE_VARIANT = {'fast-gnchan': {'norm_stats': 'per_channel'}, 'fast-gnchunk': {'norm_stats': 'per_chunk'},
-                'fast-oldmodel': {'old_model': True}, 'fast-combo': {'inductor': {'combo_kernels': True}},
-                'fast-convcl': {'conv_weights_cl': True}, 'fast-perblock': {'per_block_emb': True},
-                'fast-a10': {'per_block_emb': True}, 'fast-bf16nchw': {'bf16_weights_nchw': True},
-                'fast-noclbw': {'no_cl_conv_backward': True}, 'fast-noclbw-cdt': {'no_cl_conv_backward': True}}
-VARIANT = ('import json, runpy, sys; sys.path.insert(0, "bench"); import bench; '
-           'bench.apply_variant(json.loads(sys.argv.pop(1))); sys.argv.pop(0); '
-           'runpy.run_path(sys.argv[0], run_name="__main__")')
-
-
-def _old_attn_forward(self, x):
-    """AttnBlock.forward before attempt 8: the tokens stay a transposed view (bias add outside the GEMM)."""
-    import torch.nn.functional as F
-    B, C, H, W = x.shape
-    h = self.norm(x).reshape(B, C, H * W).transpose(1, 2)
-    q, k, v = self.qkv(h)[:, None].chunk(3, dim=-1)
-    h = self.proj_out(F.scaled_dot_product_attention(q, k, v)[:, 0])
-    return x + h.transpose(1, 2).reshape(B, C, H, W)
-
-
-def _old_upsample_forward(self, x):
-    """Upsample.forward before attempt 8: F.interpolate, whose backward is an index_put with accumulation."""
-    import torch.nn.functional as F
-    return self.conv(F.interpolate(x, scale_factor=2.0, mode='nearest'))
-
-
-def _per_block_projections(self, emb):
-    """UNet.project_embedding before attempt 11: each ResBlock's own linear layer, one GEMM each."""
-    return [block.emb_proj(emb) for block in self.res_blocks]
-
-
-def apply_variant(spec):
-    """Apply a bench variant to this process (see MODE_VARIANT); return a function that undoes it."""
-    import torch._inductor.config as inductor_config
-    import models
-    import models.unet as unet
-    undo = []
-    if 'norm_stats' in spec:
-        undo.append((unet.GroupNorm, 'compiled_stats', unet.GroupNorm.compiled_stats))
-        unet.GroupNorm.compiled_stats = spec['norm_stats']
-    for k, v in spec.get('inductor', {}).items():
-        undo.append((inductor_config, k, getattr(inductor_config, k)))
-        setattr(inductor_config, k, v)
-    if spec.get('old_model'):
-        undo += [(unet.AttnBlock, 'forward', unet.AttnBlock.forward), (unet.Upsample, 'forward', unet.Upsample.forward)]
-        unet.AttnBlock.forward, unet.Upsample.forward = _old_attn_forward, _old_upsample_forward
-    if spec.get('per_block_emb'):
-        undo.append((unet.UNet, 'project_embedding', unet.UNet.project_embedding))
-        unet.UNet.project_embedding = _per_block_projections
-    if spec.get('bf16_weights_nchw'):
-        import functools
-        undo.append((models, 'BF16Weights', models.BF16Weights))
-        models.BF16Weights = functools.partial(models.BF16Weights, channels_last=False)
-    if spec.get('conv_weights_cl'):
-        from models.bf16_weights import conv_weights_channels_last_
-        build = models.build_model
-
-        def build_cl(cfg):
-            return conv_weights_channels_last_(build(cfg))
-        undo.append((models, 'build_model', build))
-        models.build_model = build_cl
-
-    if spec.get('no_cl_conv_backward'):
-        import models.conv_backward_layout as conv_backward_layout
-        undo.append((conv_backward_layout, 'install', conv_backward_layout.install))
-        conv_backward_layout.install = lambda: None
-
-    def restore():
-        for obj, name, value in reversed(undo):
-            setattr(obj, name, value)
-    return restore
 
 
 def write_fake_cifar(root, n=50000):
@@ -182,8 +84,6 @@ def run_training(config, data_root, mode, steps, print_freq, exp_dir, extra=(), 
     over = dict(MODES[mode], **{'data.root': data_root, 'train.n_steps': steps, 'train.print_freq': print_freq,
                                 'train.save_freq': 10 ** 9, 'train.n_samples': 0, 'data.num_workers': 8})
     args = [x for k, v in over.items() for x in (f'--{k}', str(v))]
-    if mode in MODE_VARIANT:        # python -c VARIANT JSON train_ddpm.py ...
-        launcher = (*launcher, '-c', VARIANT, json.dumps(MODE_VARIANT[mode]))
     cmd = [*launcher, os.path.join(ROOT, 'train_ddpm.py'), '-c', config, '-e', exp_dir, *args, *extra]
     t0 = time.time()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -205,64 +105,37 @@ def summarize_training(windows):
             'windows': len(timed)}
 
 
-SAMPLE_MODES = {   # precision, torch.compile mode (None: eager), memory format, cudnn.benchmark, inductor options,
-                   # GroupNorm.compiled_stats
-    'plain': ('fp32', None, torch.contiguous_format, False, {}, 'auto'),
-    # fast: as sample_ddpm.py --compile reduce-overhead --compile_tuning (freezing, coordinate-descent tuning);
-    # 'auto' statistics are per channel in this no-grad graph
-    'fast': ('bf16', 'reduce-overhead', torch.contiguous_format, False,
-             {'freezing': True, 'coordinate_descent_tuning': True}, 'auto'),
-    'fast-notune': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
-    'fast-nofreeze': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {}, 'auto'),
-    'fast-gngroup': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'per_group'),
-    'fast-gnchunk': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'per_chunk'),
-    'fast-oldmodel': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
-    'fast-perblock': ('bf16', 'reduce-overhead', torch.contiguous_format, False, {'freezing': True}, 'auto'),
-    'fast-cl': ('bf16', 'reduce-overhead', torch.channels_last, False, {}, 'auto'),
-    'fast-cudnn': ('bf16', 'reduce-overhead', torch.contiguous_format, True, {}, 'auto'),
-    'fast-cl-cudnn': ('bf16', 'reduce-overhead', torch.channels_last, True, {}, 'auto'),
-    'fast-autotune': ('bf16', 'max-autotune', torch.contiguous_format, False, {}, 'auto'),   # Triton templates too
-}
-
-
-SAMPLE_VARIANT = {'fast-oldmodel': {'old_model': True}, 'fast-perblock': {'per_block_emb': True}}
+SAMPLE_MODES = {'plain': None, 'fast': True, 'fast-notune': False}     # None: eager fp32; else compile tuning
 
 
 @torch.no_grad()
 def time_sampling(cfg, mode, batch, steps, device):
-    """Seconds per reverse step of the full-T chain at `batch` images (median over 3 repeats)."""
-    import torch._inductor.config
-    precision, compile_mode, fmt, cudnn_bench, inductor, norm_stats = SAMPLE_MODES[mode]
+    """Seconds per reverse step of the full-T chain at `batch` images (median over 3 repeats), with the model
+    prepared as sample_ddpm.py prepares it (`--fast`: compile_for_sampling, bf16 autocast)."""
+    from models.fast import compile_for_sampling
+    tune = SAMPLE_MODES[mode]
     torch._dynamo.reset()                              # each mode compiles afresh
-    torch.backends.cudnn.benchmark = cudnn_bench
-    restore = apply_variant({'norm_stats': norm_stats, **SAMPLE_VARIANT.get(mode, {})})
-    try:
-        model = build_model(cfg['model']).to(device).eval().to(memory_format=fmt)
-        diffusion = DDPM.from_config(cfg['diffusion'])
-        shape = (batch, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
-        net = torch.compile(model, mode=compile_mode) if compile_mode else model
-        x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
-        g = torch.Generator(device).manual_seed(0)
-        ctx = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
+    model = build_model(cfg['model']).to(device).eval().requires_grad_(False)
+    net = model if tune is None else compile_for_sampling(model, 'reduce-overhead', tune=tune)
+    diffusion = DDPM.from_config(cfg['diffusion'])
+    shape = (batch, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
+    x = torch.randn(shape, device=device)
+    g = torch.Generator(device).manual_seed(0)
 
-        def run(n, x):
-            for i in range(diffusion.num_steps - 1, diffusion.num_steps - 1 - n, -1):
-                with ctx():
-                    x, _ = diffusion.p_sample(net, x, i, g)
-            return x
-        times = []
-        with torch._inductor.config.patch(**inductor):     # in force whenever it compiles
-            run(3, x)                                      # compile / warm-up
-            for _ in range(3):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                run(steps, x)
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / 1000 / steps)
-    finally:
-        torch.backends.cudnn.benchmark = False
-        restore()
+    def run(n, x):
+        for i in range(diffusion.num_steps - 1, diffusion.num_steps - 1 - n, -1):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tune is not None):
+                x, _ = diffusion.p_sample(net, x, i, g)
+        return x
+    run(3, x)                                      # compile / warm-up
+    times = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(steps, x)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000 / steps)
     return statistics.median(times)
 
 
@@ -335,7 +208,7 @@ def main():
     p.add_argument('--print-freq', type=int, default=50)
     p.add_argument('--sample-batch', type=int, default=500)
     p.add_argument('--sample-steps', type=int, default=20)
-    p.add_argument('--only', default='', help='comma list of parts: matmul,train,real,sample')
+    p.add_argument('--only', default='', help='comma list of parts: matmul,train,sample,agree')
     p.add_argument('--modes', default='plain,fast', help=f'training modes, of {list(MODES)}')
     p.add_argument('--sample-modes', default='plain,fast', help=f'sampling modes, of {list(SAMPLE_MODES)}')
     p.add_argument('--configs', default='cifar10,mnist')
@@ -345,11 +218,11 @@ def main():
     p.add_argument('--mnist-steps', type=int, default=2000, help='MNIST runs double as the loss-curve check')
     p.add_argument('--warmup-run', type=int, default=200,
                    help="steps of a discarded run of each config's first mode before the timed ones (0: none): the "
-                        "first training run of a bench call read 4-12%% low in 4 of 6 calls (NOTES.md, attempt 12)")
+                        "first training run of a bench call read 4-12%% low in 4 of 6 calls")
     args = p.parse_args()
     assert torch.cuda.is_available(), 'the benchmark needs a CUDA GPU'
     device = torch.device('cuda')
-    parts = set(args.only.split(',')) if args.only else {'matmul', 'train', 'real', 'sample', 'agree'}
+    parts = set(args.only.split(',')) if args.only else {'matmul', 'train', 'sample', 'agree'}
     modes = args.modes.split(',')
     res = {'card': torch.cuda.get_device_name(0), 'torch': torch.__version__, 'argv': sys.argv[1:],
            'train': {}, 'sample': {}}
@@ -392,19 +265,11 @@ def main():
             r['wall_s'] = wall
             r['loss_curve'] = [(w['step'], w['loss']) for w in windows]
             r['window_steps_per_s'] = [w['steps_per_s'] for w in windows]     # all windows, compile included
-            r['data'] = 'gpu' if MODES[mode]['data.on_gpu'] == 'true' else 'dataloader'
             r['overrides'] = MODES[mode]
             if peak:
                 r['mfu'] = r['images_per_s'] * 3 * gf / 1e3 / peak
             res['train'][f'{name}/{mode}'] = r
             print(name, mode, r, flush=True)
-        if 'real' in parts and name == 'cifar10':   # fast mode fed through DataLoader workers instead
-            over = ['--data.on_gpu', 'false']
-            windows, wall = run_training(config, root, 'fast', args.train_steps, args.print_freq,
-                                         os.path.join(tmp, f'{name}-fast-dataloader'), over)
-            r = dict(summarize_training(windows), wall_s=wall, data='dataloader')
-            res['train'][f'{name}/fast-dataloader'] = r
-            print(name, 'fast-dataloader', r, flush=True)
     if 'sample' in parts:
         cfg = load_config(configs['cifar10'][0])
         gf = model_gflops_per_image(cfg, device)

@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 
 from utils.config import ArgumentParser, apply_overrides, load_config  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
 
 DEFAULT_ROWS = ('ddpm:fixed_large:1000,ddpm:fixed_large:100,ddpm:fixed_large:50,ddpm:fixed_large:10,'
                 'ddpm:fixed_small:1000,ddpm:fixed_small:100,ddpm:fixed_small:50,ddpm:fixed_small:10,'
@@ -74,8 +75,8 @@ def sample_row(args, overrides, row, total_steps):
         tail = (proc.stderr.strip().splitlines() or ['(no output)'])[-1]
         raise UserError(f"sampling row {row['name']} failed: {tail}")
     cmd, seconds = ' '.join(shlex.quote(c) for c in cmd), time.time() - t0
-    with open(os.path.join(out, 'sample_log.json'), 'w') as f:
-        json.dump({'command': cmd, 'seconds': seconds}, f)
+    atomic_write(os.path.join(out, 'sample_log.json'), lambda f: json.dump({'command': cmd, 'seconds': seconds}, f),
+                 mode='w')
     print(f"{row['name']:28s} sampled in {seconds:6.1f} s", flush=True)
     return cmd, seconds
 
@@ -111,9 +112,10 @@ def main(argv=None):
                    help="sample: only run the samplers (no Inception needed, e.g. one process per GPU, each with "
                         "its own --rows); score: only score the OUT_DIR/ROW/samples.npz already there; all: both")
     args, overrides = p.parse_known_args(argv)
-    from utils.fid import check_weights, compute_fid, load_stats, reference_from_config
+    from utils.fid import cached_reference, check_weights, compute_fid, load_stats
     import numpy as np
     import torch
+    import datasets
 
     total_steps = apply_overrides(load_config(args.config), overrides)['diffusion']['total_steps']
     rows = parse_rows(args.rows, total_steps)
@@ -126,8 +128,9 @@ def main(argv=None):
     if args.ref_stats:
         ref = load_stats(args.ref_stats, args.dims)
     else:
-        ref = reference_from_config(load_config(args.ref_config)['data'], 'train', args.feature_extractor_weights,
-                                    dims=args.dims)['stats']
+        data_cfg = load_config(args.ref_config)['data']
+        ref = cached_reference(data_cfg, 'train', lambda: datasets.load_uint8(data_cfg, 'train'),
+                               args.feature_extractor_weights, dims=args.dims)['stats']
     results = []
     for row in rows:
         out = os.path.join(args.out_dir, row['name'])
@@ -146,10 +149,8 @@ def main(argv=None):
         print(f"{row['name']:28s} FID {fid:8.3f}   (sampling {sample_s:6.1f} s)", flush=True)
     summary = {'config': args.config, 'weights': args.weights, 'reference': args.ref_stats or args.ref_config,
                'feature_extractor_weights': args.feature_extractor_weights, 'dims': args.dims, 'rows': results}
-    with open(os.path.join(args.out_dir, 'fid_table.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
-    with open(os.path.join(args.out_dir, 'fid_table.md'), 'w') as f:
-        f.write(markdown(results))
+    atomic_write(os.path.join(args.out_dir, 'fid_table.json'), lambda f: json.dump(summary, f, indent=1), mode='w')
+    atomic_write(os.path.join(args.out_dir, 'fid_table.md'), lambda f: f.write(markdown(results)), mode='w')
     print(markdown(results))
 
 

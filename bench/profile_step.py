@@ -1,14 +1,16 @@
 """Where a training step's GPU time goes: torch.profiler over a few steps, kernels grouped by kind.
 
-    python bench/profile_step.py --config configs/ddpm_cifar10.yaml --mode fast --steps 20 --out OUT_DIR
-    python bench/profile_step.py --what sample --batch 500 --out OUT_DIR    # one sampling forward instead
-    python bench/profile_step.py --what chain --batch 500 --out OUT_DIR     # one reverse step: forward + update
+    python bench/profile_step.py -c configs/ddpm_cifar10.yaml --train.fast true --steps 20 --out OUT_DIR
+    python bench/profile_step.py -c configs/ddpm_cifar10.yaml --what sample --batch 500 --out OUT_DIR
+    python bench/profile_step.py -c configs/ddpm_cifar10.yaml --what chain --batch 500 --out OUT_DIR
 
-The step is the one `train_ddpm.py` runs (loss under autocast, backward, grad clip, fused Adam, foreach
-EMA), built from the same modules, on random uint8 data kept on the GPU; `--mode plain|fast` and the
-switches match `bench.py`'s modes. Prints the top kernels and the GPU time per kind (convolution, GEMM,
-normalisation, layout conversion, elementwise, optimizer/EMA, copies), and writes OUT_DIR/kernels.txt and a
-Chrome trace OUT_DIR/trace.json (open in chrome://tracing or Perfetto).
+`train` profiles the step train_ddpm.py runs: its own build_state and utils.train_state.train_step, with the
+config and any `--key value` overrides (ablations: `--train.flat_params false`), on random uint8 data kept on the
+GPU. `sample` profiles one no-grad forward and `chain` one DDPM reverse step (forward and sampler update), with
+the model prepared as `sample_ddpm.py --fast` prepares it (`--plain`: eager fp32). Prints the GPU time per kind
+(convolution, GEMM, normalisation, layout conversion, elementwise, optimizer/EMA, copies) and the top kernels,
+and writes OUT_DIR/kernels.txt, OUT_DIR/kernels.tsv and a Chrome trace OUT_DIR/trace.json (chrome://tracing or
+Perfetto).
 """
 import argparse
 import collections
@@ -21,11 +23,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from accelerate import Accelerator  # noqa: E402
+
+import train_ddpm  # noqa: E402
 from datasets import DeviceLoader  # noqa: E402
 from diffusions import DDPM  # noqa: E402
-from models import EMA, BF16Weights, FlatParams, build_model, compile_model  # noqa: E402
-from models.unet import GroupNorm  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from models import build_model  # noqa: E402
+from models.fast import compile_for_sampling  # noqa: E402
+from utils.config import parse_args  # noqa: E402
+from utils.train_state import train_step  # noqa: E402
 
 KINDS = [  # (kind, substrings of the kernel name), first match wins
     ('GEMM / attention', ('sdpa', 'flash', 'fmha', 'attention', 'nvjet')),   # before 'cudnn': cuDNN runs SDPA too
@@ -54,90 +60,51 @@ def kind_of(name: str) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--config', default=os.path.join(ROOT, 'configs/ddpm_cifar10.yaml'))
-    p.add_argument('--mode', choices=('plain', 'fast'), default='fast')
-    p.add_argument('--channels-last', action='store_true')
-    p.add_argument('--compile-mode', default='reduce-overhead')
+    p.add_argument('-c', '--config', default=os.path.join(ROOT, 'configs/ddpm_cifar10.yaml'))
     p.add_argument('--what', choices=('train', 'sample', 'chain'), default='train',
-                   help='train: one training step; sample: one no-grad forward of the EMA-style eval model; '
-                        'chain: one DDPM reverse step (the forward and the sampler update around it)')
-    p.add_argument('--cudnn-benchmark', action='store_true')
-    p.add_argument('--force-layout-opt', choices=('true', 'false'), default=None,
-                   help="as train.compile_force_layout_opt (default: the config's)")
-    p.add_argument('--norm-stats', choices=('auto', 'per_group', 'per_channel', 'per_chunk'), default='auto',
-                   help='models.unet.GroupNorm.compiled_stats')
-    p.add_argument('--bf16-weights', action='store_true', help='fast mode: as train.bf16_weights (models.BF16Weights)')
-    p.add_argument('--flat-params', action='store_true', help='fast mode: as train.flat_params (models.FlatParams)')
-    p.add_argument('--batch', type=int, default=128)
+                   help='train: one training step; sample: one no-grad forward; chain: one DDPM reverse step')
+    p.add_argument('--plain', action='store_true', help='sample/chain: eager fp32 instead of sample_ddpm.py --fast')
+    p.add_argument('--batch', type=int, default=None, help='images per step (default: the config\'s batch)')
     p.add_argument('--warmup', type=int, default=30, help='steps before profiling (compile, CUDA-graph recording)')
     p.add_argument('--steps', type=int, default=20)
     p.add_argument('--top', type=int, default=25)
     p.add_argument('--out', default='profile')
-    args = p.parse_args()
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    cfg = load_config(args.config)
+    args, cfg = parse_args(p)
+    cfg = train_ddpm.resolve_speed(cfg)
+    train_ddpm.check_config(cfg)
     tc, dc = cfg['train'], cfg['data']
-    fast = args.mode == 'fast'
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    force_layout = fast and args.what == 'train' and (tc['compile_force_layout_opt'] if args.force_layout_opt is None
-                                                      else args.force_layout_opt == 'true')
-    GroupNorm.compiled_stats = args.norm_stats
-
-    images = torch.randint(0, 256, (10000, dc['img_channels'], dc['img_size'], dc['img_size']), dtype=torch.uint8)
-    loader = DeviceLoader(images, args.batch, dc['random_flip'], 0, device)
+    batch = args.batch or tc['batch_size']
+    mp = {False: 'no'}.get(tc['mixed_precision'], tc['mixed_precision'])
+    accelerator = Accelerator(mixed_precision=mp if args.what == 'train' else 'no' if args.plain else 'bf16',
+                              cpu=not torch.cuda.is_available())
+    device = accelerator.device
     diffusion = DDPM.from_config(cfg['diffusion'])
-    model = build_model(cfg['model']).to(device).to(memory_format=fmt)
-    weights = BF16Weights(model) if fast and args.bf16_weights else None
-    flat = FlatParams(model, weights) if fast and args.flat_params else None
-    params = [flat.param] if flat else list(model.parameters())
-    ema = EMA(model, tc['ema_decay'], tc['ema_warmup'])
-    opt = torch.optim.Adam(params, lr=tc['lr'], fused=device.type == 'cuda')
-    net = weights.model if weights else model
-    if fast and args.what != 'train':       # as sample_ddpm.py --compile: inductor's own layout choice, freezing
-        net = compile_model(net, args.compile_mode, freeze=True)
-    elif fast:
-        net = compile_model(net, args.compile_mode, force_layout)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast)
     gen = torch.Generator(device).manual_seed(0)
+    if args.what == 'train':
+        images = torch.randint(0, 256, (10000, dc['img_channels'], dc['img_size'], dc['img_size']), dtype=torch.uint8)
+        loader = DeviceLoader(images, batch, dc['random_flip'], 0, device)
+        state = train_ddpm.build_state(cfg, accelerator, loader)
+        state.model.train()
+        fmt = torch.channels_last if tc['channels_last'] else torch.contiguous_format
 
-    def train_step():
-        x = next(loader).contiguous(memory_format=fmt)
-        t = torch.randint(0, diffusion.num_steps, (args.batch,), device=device, generator=gen)
-        noise = torch.randn(x.shape, device=device, generator=gen).contiguous(memory_format=fmt)
-        with autocast:
-            loss = diffusion.training_loss(net, x, t, noise)
-        loss.backward()
-        if flat:
-            flat.gather_grads()
-        elif weights:
-            weights.grads_to_master()
-        torch.nn.utils.clip_grad_norm_(params, tc['grad_clip'], foreach=True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if weights:
-            weights.refresh()
-        ema.update(model)
+        def step():
+            train_step(state, diffusion, accelerator, next(loader).contiguous(memory_format=fmt), tc['grad_clip'],
+                       tc['micro_batch'])
+        setting = f"speed: {train_ddpm.speed_summary(cfg)}"
+    else:
+        net = build_model(cfg['model']).to(device).eval().requires_grad_(False)
+        if not args.plain:
+            net = compile_for_sampling(net, 'reduce-overhead', tune=True)
+        x = torch.randn(batch, dc['img_channels'], dc['img_size'], dc['img_size'], device=device)
 
-    x_eval = torch.randn(args.batch, dc['img_channels'], dc['img_size'], dc['img_size'], device=device)
-    x_eval = x_eval.contiguous(memory_format=fmt)
-
-    @torch.no_grad()
-    def sample_step():          # what one reverse step costs: the network forward at the sampling batch
-        t = torch.randint(0, diffusion.num_steps, (args.batch,), device=device, generator=gen)
-        with autocast:
-            net(x_eval, t)
-
-    x_chain = x_eval.clone()
-
-    @torch.no_grad()
-    def chain_step():           # one reverse step of the chain, as sample_ddpm.py runs it (always the same i)
-        with autocast:
-            diffusion.p_sample(net, x_chain, diffusion.num_steps - 1, gen)
-
-    if args.what != 'train':
-        model.eval()
-    step = {'train': train_step, 'sample': sample_step, 'chain': chain_step}[args.what]
+        @torch.no_grad()
+        def step():
+            with accelerator.autocast():
+                if args.what == 'sample':
+                    net(x, torch.randint(0, diffusion.num_steps, (batch,), device=device, generator=gen))
+                else:        # one reverse step of the chain, as sample_ddpm.py runs it (always the same i)
+                    diffusion.p_sample(net, x, diffusion.num_steps - 1, gen)
+        setting = 'eager fp32' if args.plain else 'as sample_ddpm.py --fast'
     for _ in range(args.warmup):
         step()
     if device.type == 'cuda':
@@ -175,10 +142,7 @@ def main():
     for name, ms in per_name.items():
         per_kind[kind_of(name)] += ms
     total = sum(per_name.values())
-    lines = [f'{args.what}, {args.mode} mode, compile {args.compile_mode}, {args.config}, batch {args.batch}, '
-             f'channels_last {args.channels_last}, cudnn.benchmark {args.cudnn_benchmark}, '
-             f'force_layout_opt {force_layout}, norm stats {args.norm_stats}, bf16 weights {weights is not None}, '
-             f'flat params {flat is not None}: '
+    lines = [f'{args.what}, {args.config}, batch {batch}, {setting}: '
              f'{wall * 1000:.1f} ms per step on the host clock ({1 / wall:.1f} steps/s), '
              f'{total:.1f} ms of kernel time per step', '', 'GPU time per kind (ms per step):']
     lines += [f'  {kind:32s} {ms:8.2f}  {ms / total:6.1%}' for kind, ms in per_kind.most_common()] if total else []

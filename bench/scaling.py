@@ -42,9 +42,9 @@ def launcher(n, mixed_precision=None):
     return ('accelerate', 'launch', '--num_processes', '1', *mp) if mp else (sys.executable,)
 
 
-def train_point(n, global_batch, root, steps, tmp):
+def train_point(n, global_batch, root, steps, tmp, overrides=()):
     windows, wall = run_training(CONFIG, root, 'fast', steps, 50, os.path.join(tmp, f'train-{n}-{global_batch}'),
-                                 extra=['--train.batch_size', str(global_batch)], launcher=launcher(n))
+                                 extra=['--train.batch_size', str(global_batch), *overrides], launcher=launcher(n))
     return dict(summarize_training(windows), gpus=n, global_batch=global_batch, wall_s=wall)
 
 
@@ -113,6 +113,10 @@ def main():
     p.add_argument('--micro-batch', type=int, default=500)
     p.add_argument('--out', default='bench/results/scaling.json')
     p.add_argument('--only', default='train,sample,equality', help='comma list of parts: train,sample,equality')
+    p.add_argument('--fixed', choices=('global', 'per-gpu', 'both'), default='both',
+                   help='training points: a fixed global batch of 128, 128 images per GPU, or both')
+    p.add_argument('--overrides', default='', help='config overrides added to the fast training runs, e.g. '
+                                                   '"--train.compile_tuning false"')
     p.add_argument('--fid-weights', default=None, help='Inception weights: adds a training FID to the equality runs')
     p.add_argument('--fid-ref-stats', default=None, help='reference statistics .npz for that FID')
     args = p.parse_args()
@@ -138,12 +142,14 @@ def main():
             attempt('equality', equality, n, root, tmp, args.fid_weights, args.fid_ref_stats)
     if 'train' in parts:
         for n in gpus:
-            attempt('train_fixed_global', train_point, n, 128, root, args.steps, tmp)
-            if n > 1:
-                attempt('train_fixed_per_gpu', train_point, n, 128 * n, root, args.steps, tmp)
+            over = args.overrides.split()
+            if n == 1 or args.fixed != 'per-gpu':
+                attempt('train_fixed_global', train_point, n, 128, root, args.steps, tmp, over)
+            if n > 1 and args.fixed != 'global':
+                attempt('train_fixed_per_gpu', train_point, n, 128 * n, root, args.steps, tmp, over)
+            if n > 1 and args.fixed != 'per-gpu' and 128 % n == 0:
                 # 1 GPU at the per-GPU batch of the fixed-global-batch point: how much of a step the smaller batch saves
-                if 128 % n == 0:
-                    attempt('train_1gpu_per_gpu_batch', train_point, 1, 128 // n, root, args.steps, tmp)
+                attempt('train_1gpu_per_gpu_batch', train_point, 1, 128 // n, root, args.steps, tmp, over)
     if 'sample' in parts:
         # weights for sampling: a short 1-GPU run's checkpoint (content does not matter for speed or equality)
         exp = os.path.join(tmp, 'weights')

@@ -1,7 +1,7 @@
 """Datasets: CIFAR-10, MNIST, Fashion-MNIST, CelebA-HQ and image folders.
 
 - :func:`load_uint8` -- a whole split as uint8 N x C x H x W (FID reference, GPU-resident data)
-- :func:`build_dataset` -- a torch Dataset of float32 C x H x W in [-1, 1]
+- :func:`build_dataset` -- a torch Dataset of uint8 C x H x W images
 - :class:`DeviceLoader` -- endless random batches from a uint8 tensor on the device
 """
 from datasets.device_loader import DeviceLoader

@@ -8,10 +8,10 @@ import os
 import torch
 from PIL import Image
 
-from datasets.transforms import fit_square, pil_to_uint8, to_unit_range
+from datasets.transforms import fit_square, pil_to_uint8
 from utils.errors import UserError
+from utils.files import IMAGE_EXTS
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
 PATTERNS = ", ".join("*" + e for e in IMAGE_EXTS)
 
 
@@ -44,20 +44,13 @@ def load_image_uint8(path: str, size: int, channels: int) -> torch.Tensor:
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """Lazily loaded image folder; items are float32 C x H x W in [-1, 1] (no labels)."""
+    """Lazily loaded image folder; items are uint8 C x H x W (no labels)."""
 
-    def __init__(self, paths: list, size: int, channels: int, random_flip: bool):
-        self.paths, self.size, self.channels, self.random_flip = paths, size, channels, random_flip
+    def __init__(self, paths: list, size: int, channels: int):
+        self.paths, self.size, self.channels = paths, size, channels
 
     def __len__(self):
         return len(self.paths)
 
-    def load_uint8(self, i: int) -> torch.Tensor:
-        """Item ``i`` as uint8 C x H x W, never flipped."""
-        return load_image_uint8(self.paths[i], self.size, self.channels)
-
     def __getitem__(self, i):
-        x = self.load_uint8(i)
-        if self.random_flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return to_unit_range(x)
+        return load_image_uint8(self.paths[i], self.size, self.channels)

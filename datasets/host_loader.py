@@ -2,11 +2,12 @@
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.transforms import random_hflip
+from datasets.transforms import random_hflip, to_unit_range
 
 
 class HostLoader:
-    """Infinite iterator of per-process batches (float, on `device`), flipped on the device.
+    """Infinite iterator of per-process batches: uint8 images read by DataLoader workers, moved to `device` and
+    made float32 in [-1, 1] there, flipped there.
 
     Epoch e visits the dataset in the order torch.randperm(N, seed + e); each global batch of
     batch_size × world indices is split so that process `rank` takes its own slice (drop_last), and the
@@ -52,7 +53,7 @@ class HostLoader:
             self._start_epoch()
             x = next(self._it)
         self.position += 1
-        x = x.to(self.device, non_blocking=True)
+        x = to_unit_range(x.to(self.device, non_blocking=True))
         return random_hflip(x, self.flip_gen, self.rank, self.world) if self.random_flip else x
 
     def state_dict(self) -> dict:

@@ -1,12 +1,12 @@
-"""Dispatch on ``data_cfg['name']``: load a split as uint8, or build a [-1, 1] Dataset."""
+"""Dispatch on ``data_cfg['name']``: load a split as one uint8 tensor, or as a Dataset of uint8 images."""
 import torch
 
 from datasets.cifar import load_cifar_split
 from datasets.folder import ImageFolderDataset, list_images
 from datasets.idx import load_idx_split
-from datasets.memory import UInt8TensorDataset
 from datasets.transforms import match_channels, resize_uint8
 from utils.errors import UserError
+from utils.images import Uint8Images
 
 NAMES = ("cifar10", "mnist", "fashion_mnist", "celebahq", "image_folder")
 FOLDER_NAMES = ("celebahq", "image_folder")
@@ -21,8 +21,8 @@ def load_uint8(data_cfg: dict, split: str = "train") -> torch.Tensor:
     """
     name, root, size, channels = _check(data_cfg, split)
     if name in FOLDER_NAMES:
-        ds = _folder_dataset(data_cfg, split, random_flip=False)
-        return torch.stack([ds.load_uint8(i) for i in range(len(ds))])
+        ds = build_dataset(data_cfg, split)
+        return torch.stack([ds[i] for i in range(len(ds))])
     download = bool(data_cfg.get("download", False))
     if name == "cifar10":
         arr = load_cifar_split(root, split, download)
@@ -32,21 +32,14 @@ def load_uint8(data_cfg: dict, split: str = "train") -> torch.Tensor:
 
 
 def build_dataset(data_cfg: dict, split: str = "train") -> torch.utils.data.Dataset:
-    """A Dataset of float32 C x H x W in [-1, 1], no labels.
+    """A Dataset of uint8 C x S x S images (no labels, no flips: the loaders flip on the device).
 
-    Items are mirrored at random when ``split == 'train'`` and ``data.random_flip`` is true.
-    Image folders are read lazily per item; the small datasets are held in memory as uint8.
+    Image folders are read lazily per item; the small datasets are held in memory.
     """
-    name, _, _, _ = _check(data_cfg, split)
-    flip = split == "train" and bool(data_cfg.get("random_flip", False))
-    if name in FOLDER_NAMES:
-        return _folder_dataset(data_cfg, split, random_flip=flip)
-    return UInt8TensorDataset(load_uint8(data_cfg, split), random_flip=flip)
-
-
-def _folder_dataset(data_cfg: dict, split: str, random_flip: bool) -> ImageFolderDataset:
     name, root, size, channels = _check(data_cfg, split)
-    return ImageFolderDataset(list_images(name, root, split), size, channels, random_flip)
+    if name in FOLDER_NAMES:
+        return ImageFolderDataset(list_images(name, root, split), size, channels)
+    return Uint8Images(load_uint8(data_cfg, split))
 
 
 def _check(data_cfg: dict, split: str):

@@ -1,14 +1,12 @@
-"""Networks: the DDPM UNet, an EMA of a model's weights and a bf16 copy of them. Nothing here knows about diffusion."""
-import inspect
+"""Networks: the DDPM UNet and an EMA of a model's weights; the opt-in speed layer in models/fast.
 
-import torch
+Nothing here knows about diffusion.
+"""
+import inspect
 
 from utils.errors import UserError
 
-from . import conv_backward_layout
-from .bf16_weights import BF16Weights
 from .ema import EMA
-from .flat_params import FlatParams
 from .unet import UNet
 
 UNET_PARAMS = list(inspect.signature(UNet.__init__).parameters)[1:]  # all but self
@@ -31,34 +29,6 @@ def build_model(model_cfg: dict) -> UNet:
     check_params(**params)
     p = dict(params, dim_mults=tuple(params["dim_mults"]), use_attn=tuple(params["use_attn"]))
     return UNet(**p)
-
-
-def compile_model(model, mode, force_layout_opt=False, freeze=False, tune=False):
-    """torch.compile(model, mode=mode), with three of inductor's process-wide switches (model None: the switches only).
-
-    `force_layout_opt`: the training graph's convolutions run channels_last. Inductor converts a convolution-heavy
-    graph to channels_last internally unless a heuristic says no; for this UNet it says no for the training graph
-    (the up path's convolutions halve their channels), and cuDNN then converts NCHW <-> NHWC around every
-    convolution (bench/NOTES.md, attempt 4: 21% of a step's GPU time; attempt 6: forcing it made the CIFAR-10 step
-    17% faster on an H200). It also gives the backward's convolutions dense channels_last operands
-    (models/conv_backward_layout.py: the kernels producing them write that layout instead of cuDNN copying them).
-    `freeze`: inference only (sampling a fixed model): the weights become constants of the compiled graph, so their
-    bf16 casts and layout changes run once instead of every forward (attempt 8: +3% sampling on an H100). The
-    compiled model does not see later changes to the weights.
-    `tune`: inductor's coordinate-descent tuning of its Triton kernels' launch settings, for everything compiled
-    after it: minutes more compiling (cached on disk afterwards), a few percent faster kernels (bench/NOTES.md:
-    attempt 6, the CIFAR-10 training step +3% on an H200; attempts 10-11, the sampling chain +2.6% and +1.6% on an
-    H100).
-    """
-    import torch._inductor.config as inductor_config
-    if force_layout_opt:
-        inductor_config.force_layout_optimization = True
-        conv_backward_layout.install()
-    if freeze:
-        inductor_config.freezing = True
-    if tune:
-        inductor_config.coordinate_descent_tuning = True
-    return None if model is None else torch.compile(model, mode=mode)
 
 
 def check_params(in_channels, out_channels, dim, dim_mults, use_attn, num_res_blocks, groups, dropout):

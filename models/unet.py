@@ -31,110 +31,9 @@ def timestep_embedding(t, dim):
     return emb
 
 
-def group_norm_from_channel_stats(x, groups, weight, bias, eps):
-    """GroupNorm of x (B, C, H, W) computed from per-channel statistics (for compiled graphs).
-
-    Each channel's mean m_c and variance v_c over H*W come from one reduction with a (B, C) output; the
-    groups' statistics follow exactly by the law of total variance (equal group sizes):
-        mean_g = avg_c m_c,    var_g = avg_c v_c + avg_c (m_c - mean_g)^2      (c over the group's channels)
-    and y = x * scale + shift with per-(sample, channel) scale = w_c / sqrt(var_g + eps), shift = b_c -
-    mean_g * scale. Same result as nn.GroupNorm up to float rounding; statistics in float32 at least, y in
-    x's dtype and layout. Why: in a channels_last layout a group's elements are C/groups-wide runs strided by
-    C, and a reduction per group reads them poorly; a reduction per channel reads contiguous rows of C.
-    """
-    B, C, H, W = x.shape
-    acc = torch.promote_types(x.dtype, torch.float32)
-    xf = x.to(acc)
-    var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)               # (B, C) each
-    mean_c, var_c = mean_c.view(B, groups, C // groups), var_c.view(B, groups, C // groups)
-    mean_g = mean_c.mean(-1, keepdim=True)                                      # (B, groups, 1)
-    var_g = var_c.mean(-1, keepdim=True) + (mean_c - mean_g).square().mean(-1, keepdim=True)
-    scale = torch.rsqrt(var_g + eps).expand(B, groups, C // groups)
-    if weight is not None:
-        scale = scale * weight.to(acc).view(groups, C // groups)
-    shift = -mean_g * scale
-    if bias is not None:
-        shift = shift + bias.to(acc).view(groups, C // groups)
-    return (xf * scale.reshape(B, C, 1, 1) + shift.reshape(B, C, 1, 1)).to(x.dtype)
-
-
-def group_norm_from_chunk_stats(x, groups, weight, bias, eps, chunk_rows=64):
-    """GroupNorm of x (B, C, H, W) from statistics of row chunks (for compiled graphs on channels_last data).
-
-    The H*W positions are cut into n = H*W / R chunks of R = chunk_rows consecutive positions (R = H*W if that
-    does not divide). One reduction gives each (sample, chunk, channel) its mean and variance over R positions: on
-    channels_last memory, position-major rows of C channels, that reduction reads R contiguous rows of C and its
-    (B, n, C) output is contiguous too, with B*n*C independent outputs to spread over the GPU (per_channel has only
-    B*C, each reducing H*W strided elements one after another). The groups' statistics follow exactly by the law of
-    total variance over the group's chunks and channels (all of equal size):
-        mean_g = avg m_{k,c},    var_g = avg v_{k,c} + avg (m_{k,c} - mean_g)^2     (k over chunks, c over the group)
-    Then y = x * scale + shift, as in group_norm_from_channel_stats. Statistics in float32 at least; y in x's dtype.
-    Kept as an option, not used by default: on an H100 the compiled sampling chain ran 20% slower with it than with
-    per-channel statistics, whose reductions already ran near the memory bandwidth (bench/NOTES.md, attempt 8).
-    """
-    B, C, H, W = x.shape
-    R = chunk_rows if (H * W) % chunk_rows == 0 else H * W
-    n = H * W // R
-    acc = torch.promote_types(x.dtype, torch.float32)
-    xf = x.to(acc)
-    rows = xf.permute(0, 2, 3, 1).reshape(B, n, R, C)             # (B, n, R, C): a view of channels_last memory
-    var_p, mean_p = torch.var_mean(rows, dim=2, correction=0)       # (B, n, C) each
-    mean_p = mean_p.view(B, n, groups, C // groups)
-    var_p = var_p.view(B, n, groups, C // groups)
-    mean_g = mean_p.mean(dim=(1, 3))                                  # (B, groups)
-    var_g = var_p.mean(dim=(1, 3)) + (mean_p - mean_g[:, None, :, None]).square().mean(dim=(1, 3))
-    scale = torch.rsqrt(var_g + eps)[:, :, None].expand(B, groups, C // groups)
-    if weight is not None:
-        scale = scale * weight.to(acc).view(groups, C // groups)
-    shift = -mean_g[:, :, None] * scale
-    if bias is not None:
-        shift = shift + bias.to(acc).view(groups, C // groups)
-    return (xf * scale.reshape(B, C, 1, 1) + shift.reshape(B, C, 1, 1)).to(x.dtype)
-
-
-_COMPILED_STATS = {'per_channel': group_norm_from_channel_stats, 'per_chunk': group_norm_from_chunk_stats}
-
-
-class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm with two other ways to compute it; same parameters, state_dict and values (to float rounding).
-
-    - Eager, a channels_last x (memory laid out as NHWC; model and data in channels_last): normalised on a free
-      NHWC view, (B, H*W, groups, C/groups), with float32 statistics; the result keeps x's dtype and layout, so no
-      norm needs an NCHW copy. An NCHW x: plain nn.GroupNorm. (Attempt 3 measured this path under torch.compile
-      too; attempt 11 found that its compiled backward is one slow reduction, 0.28 ms per call in the MNIST step,
-      once the traced activations were channels_last, so the compiled path below never takes it.)
-    - Inside torch.compile, whatever x's layout, per `compiled_stats`: 'per_group' traces nn.GroupNorm;
-      'per_channel' traces group_norm_from_channel_stats; 'per_chunk' group_norm_from_chunk_stats; 'auto' (default)
-      takes per_channel when no gradient is taken (sampling) and per_group when one is (training). Measured
-      (bench/NOTES.md): on an H200 (attempt 6) per_channel made the compiled sampling forward 14% faster and the channels_last training
-      step (train.compile_force_layout_opt) 10% slower; on an H100 (attempt 8) per_chunk made sampling 20% slower.
-    """
-
-    compiled_stats = 'auto'
-
-    def forward(self, x):
-        if x.dim() == 4 and torch.compiler.is_compiling():
-            stats = self.compiled_stats
-            if stats == 'auto':
-                stats = 'per_group' if torch.is_grad_enabled() else 'per_channel'
-            if stats != 'per_group':
-                return _COMPILED_STATS[stats](x, self.num_groups, self.weight, self.bias, self.eps)
-            return super().forward(x)     # whatever x's traced layout: inductor lays out group_norm itself
-        if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-            return super().forward(x)
-        B, C, H, W = x.shape
-        acc = torch.promote_types(x.dtype, torch.float32)          # statistics in float32 at least
-        xg = x.permute(0, 2, 3, 1).reshape(B, H * W, self.num_groups, C // self.num_groups).to(acc)
-        var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, correction=0)
-        y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(B, H, W, C)
-        if self.affine:
-            y = y * self.weight.to(acc) + self.bias.to(acc)
-        return y.to(x.dtype).permute(0, 3, 1, 2)      # (B, C, H, W) view of NHWC memory: channels_last
-
-
 def norm(channels, groups):
     """GroupNorm with the reference's epsilon."""
-    return GroupNorm(groups, channels, eps=1e-6)
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResBlock(nn.Module):
@@ -176,15 +75,10 @@ class AttnBlock(nn.Module):
 
     def forward(self, x):
         B, C, H, W = x.shape
-        # (B, C, H, W) -> (B, H*W, C) tokens, made contiguous: a linear layer on a non-contiguous 3-D input becomes a
-        # matmul plus a separate bias add, and under torch.compile that add turned into three extra passes over the
-        # q/k/v activations (bench/NOTES.md, attempt 8). Contiguous tokens keep the bias inside the GEMM; in eager
-        # mode the matmul copied the transposed input anyway; in a compiled channels_last graph the copy is free.
-        h = self.norm(x).reshape(B, C, H * W).transpose(1, 2).contiguous()
+        # contiguous tokens: a linear layer on a transposed view is a matmul plus a separate bias pass
+        h = self.norm(x).reshape(B, C, H * W).transpose(1, 2).contiguous()     # (B, H*W, C)
         q, k, v = self.qkv(h)[:, None].chunk(3, dim=-1)              # each (B, 1 head, H*W, C)
-        # softmax(q k^T / sqrt(C)) v. The head axis matters: SDPA's fused kernels (flash, memory-efficient) take
-        # 4-D inputs only, and with 3-D ones it falls back to its math path, which runs bf16 inputs as float32
-        # matmuls without tensor cores (bench/NOTES.md, attempt 4: 16% of a bf16 sampling forward on an H100).
+        # softmax(q k^T / sqrt(C)) v; SDPA's fused GPU kernels need the 4-D (batch, heads, tokens, C) form
         h = self.proj_out(F.scaled_dot_product_attention(q, k, v)[:, 0])
         return x + h.transpose(1, 2).reshape(B, C, H, W)
 
@@ -203,13 +97,10 @@ class Downsample(nn.Module):
 def upsample_nearest2x(x):
     """Nearest-neighbour x2 upsampling of (B, C, H, W), the values of F.interpolate(x, scale_factor=2, mode='nearest').
 
-    Written as a broadcast + reshape: its backward is then a sum over each 2x2 block, which torch.compile fuses,
-    where F.interpolate's backward is an index_put with accumulation into zeros (bench/NOTES.md, attempt 8).
+    Written as a broadcast + reshape: its backward is a sum over each 2x2 block, which torch.compile fuses
+    (F.interpolate's backward is a scatter-add).
     """
     B, C, H, W = x.shape
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):   # keep channels_last
-        xt = x.permute(0, 2, 3, 1)                                                        # (B, H, W, C) memory
-        return xt[:, :, None, :, None, :].expand(B, H, 2, W, 2, C).reshape(B, 2 * H, 2 * W, C).permute(0, 3, 1, 2)
     return x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W)
 
 
@@ -314,9 +205,8 @@ class UNet(nn.Module):
     def project_embedding(self, emb):
         """Every ResBlock's emb_proj applied to emb (B, 4*dim): a list of (B, out_ch), in the order the blocks run.
 
-        One matrix product with the blocks' weights stacked, instead of one linear layer per block: the same
-        numbers, and on the GPU 1 GEMM in the forward and 2 in the backward instead of 22 and 44 for the MNIST
-        config (bench/NOTES.md, attempt 11). The parameters stay in each block's emb_proj.
+        One matrix product with the blocks' weights stacked instead of one small one per block: the same numbers,
+        1 GEMM instead of one per ResBlock. The parameters stay in each block's emb_proj.
         """
         projs = [block.emb_proj for block in self.res_blocks]
         weight = torch.cat([p.weight for p in projs])

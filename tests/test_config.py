@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from utils.config import SHIPPED, apply_overrides, check_keys, load_config, parse_args, save_config
+from utils.config import DEFAULTS, apply_overrides, load_config, parse_args, read_yaml, save_config
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,13 +21,24 @@ def base_cfg():
     }
 
 
-def test_every_shipped_config_loads():
+def test_every_shipped_config_is_the_defaults_plus_its_own_keys():
     paths = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
-    assert paths
+    assert len(paths) == 6
+    defaults = read_yaml(DEFAULTS)
     for p in paths:
         cfg = load_config(p)
-        assert {"seed", "data", "model", "diffusion", "train"} <= set(cfg), p
-        assert "params" in cfg["model"], p
+        assert list(cfg) == ["seed", "data", "model", "diffusion", "train"], p
+        assert {k: list(v) for k, v in cfg.items() if isinstance(v, dict)} == \
+            {k: list(v) for k, v in defaults.items() if isinstance(v, dict)}, p       # every key, in one order
+        own = read_yaml(p)
+        for section, values in cfg.items():
+            if isinstance(values, dict) and section != "model":
+                for k, v in values.items():
+                    assert v == own.get(section, {}).get(k, defaults[section][k]), (p, section, k)
+    cifar = load_config(os.path.join(ROOT, "configs", "ddpm_cifar10.yaml"))
+    assert cifar["model"] == defaults["model"] and cifar["diffusion"] == defaults["diffusion"]
+    fmnist = load_config(os.path.join(ROOT, "configs", "ddpm_fashion_mnist.yaml"))["model"]["params"]
+    assert fmnist == dict(defaults["model"]["params"], in_channels=1, out_channels=1, dim=64)
 
 
 def test_nested_list_and_int_override():
@@ -122,9 +133,12 @@ def test_save_load_round_trip(tmp_path):
     cfg = apply_overrides(base_cfg(), ["--train.lr", "1e-4"])
     path = tmp_path / "sub" / "config.yaml"
     save_config(cfg, path)
-    assert load_config(path) == cfg
-    assert list(load_config(path)) == list(cfg)  # key order kept
+    assert load_config(path, defaults=None) == cfg
+    assert list(load_config(path, defaults=None)) == list(cfg)  # key order kept
     assert os.listdir(path.parent) == ["config.yaml"]  # no temp file left behind
+    full = load_config(os.path.join(ROOT, "configs", "ddpm_tiny.yaml"))
+    save_config(full, path)                             # a run's resolved config.yaml loads as a config again
+    assert load_config(path) == full
 
 
 def test_parse_args(tmp_path):
@@ -134,30 +148,39 @@ def test_parse_args(tmp_path):
     parser.add_argument("-c", "--config")
     parser.add_argument("--out", default="runs")
     args, cfg = parse_args(parser, ["-c", str(path), "--train.lr", "1e-4", "--out", "o",
-                                    "--data.random_flip=false"])
+                                    "--data.random_flip=false"], defaults=None)
     assert args.out == "o" and cfg["train"]["lr"] == 1e-4 and cfg["data"]["random_flip"] is False
     with pytest.raises(UserError, match="unexpected argument 'stray'"):
-        parse_args(parser, ["-c", str(path), "stray"])
+        parse_args(parser, ["-c", str(path), "stray"], defaults=None)
 
 
-def test_config_keys_checked_against_the_shipped_ones(tmp_path):
-    for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))):
-        check_keys(load_config(p), p)                     # all shipped configs share one set of keys
-    cfg = load_config(SHIPPED)
-    old = tmp_path / "old.yaml"                           # written before a key existed
-    del cfg["train"]["cudnn_benchmark"], cfg["train"]["fid_steps"]
-    save_config(cfg, old)
+def test_config_files_are_checked_against_the_defaults(tmp_path):
     parser = argparse.ArgumentParser()
     parser.add_argument("-c", "--config")
-    with pytest.raises(UserError) as e:                   # checked before the overrides are applied
-        parse_args(parser, ["-c", str(old), "--train.lr", "1e-4"], reference=SHIPPED)
-    msg = str(e.value)
-    assert "lacks train.cudnn_benchmark, train.fid_steps" in msg and "older version" in msg and "\n" not in msg
-    cfg = load_config(SHIPPED)
-    cfg["train"]["lrr"] = cfg["train"].pop("lr")          # a typo in the file: overrides cannot catch it
-    cfg["model"]["params"]["anything"] = 1                # model.params is build_model's to check
+    # a config of an older version of the repo, holding every key of its day but not the newer ones: works, the
+    # missing keys take their defaults; its own values (explicit speed switches among them) are kept
+    old = tmp_path / "old.yaml"
+    full = load_config(os.path.join(ROOT, "configs", "ddpm_tiny.yaml"))
+    del full["train"]["fast"], full["train"]["fid_steps"]
+    full["train"]["flat_params"] = False
+    save_config(full, old)
+    _, cfg = parse_args(parser, ["-c", str(old), "--train.lr", "1e-4"])
+    assert cfg["train"]["fast"] is False and cfg["train"]["fid_steps"] == 100 and cfg["train"]["flat_params"] is False
+    assert cfg["train"]["lr"] == 1e-4 and cfg["data"]["img_size"] == 16
+    # a typo in the file (which overrides cannot catch: they are checked against the file): one line, before the
+    # overrides; model.params is build_model's to check
+    cfg = read_yaml(os.path.join(ROOT, "configs", "ddpm_tiny.yaml"))
+    cfg["train"]["lrr"] = cfg["train"].pop("lr")
+    cfg["model"]["params"]["anything"] = 1
     typo = tmp_path / "typo.yaml"
     save_config(cfg, typo)
-    with pytest.raises(UserError, match=r"unknown key\(s\) train.lrr; did you mean train.lr\?$"):
-        parse_args(parser, ["-c", str(typo)], reference=SHIPPED)
-    args, _ = parse_args(parser, ["-c", str(typo)])       # without a reference: no check (generic use)
+    with pytest.raises(UserError, match=r"^config '.*typo.yaml' has unknown key\(s\) train.lrr; did you mean "
+                                        r"train.lr\?$"):
+        parse_args(parser, ["-c", str(typo), "--train.lr", "1e-4"])
+    cfg["train"]["lr"] = cfg["train"].pop("lrr")
+    cfg["optimizer"] = {"name": "adam"}
+    save_config(cfg, typo)
+    with pytest.raises(UserError, match="unknown key.*optimizer.name; the valid keys are those of "
+                                        "configs/defaults.yaml"):
+        parse_args(parser, ["-c", str(typo)])
+    args, _ = parse_args(parser, ["-c", str(typo)], defaults=None)     # without defaults: the file alone

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from datasets import DeviceLoader, build_dataset, load_uint8
+from datasets import DeviceLoader, HostLoader, build_dataset, load_uint8
 from utils.errors import UserError
 
 DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -94,34 +94,34 @@ def test_cifar_reader(cifar_root):
         load_uint8(cfg("cifar10", cifar_root, channels=1), "test")
 
 
-def test_dataset_items_exact_without_flip(cifar_root):
-    x = load_uint8(cfg("cifar10", cifar_root, channels=3), "train")
+def test_dataset_items_are_the_uint8_images(cifar_root):
     for split in ("train", "test"):
-        ds = build_dataset(cfg("cifar10", cifar_root, channels=3, flip=False), split)
-        ref = x if split == "train" else load_uint8(cfg("cifar10", cifar_root, channels=3), "test")
+        ds = build_dataset(cfg("cifar10", cifar_root, channels=3, flip=True), split)   # flips are the loaders'
+        ref = load_uint8(cfg("cifar10", cifar_root, channels=3), split)
         assert len(ds) == len(ref)
         for i in range(len(ds)):
-            item = ds[i]
-            assert item.dtype == torch.float32 and item.shape == (3, 32, 32)
-            assert torch.equal(item, ref[i].float() / 127.5 - 1)
-            assert item.min() >= -1 and item.max() <= 1
+            assert ds[i].dtype == torch.uint8 and torch.equal(ds[i], ref[i])
 
 
-def test_dataset_flip(cifar_root):
-    torch.manual_seed(0)
-    ds = build_dataset(cfg("cifar10", cifar_root, channels=3, flip=True), "train")
-    ref = load_uint8(cfg("cifar10", cifar_root, channels=3), "train").float() / 127.5 - 1
-    flipped = 0
-    for _ in range(20):
-        item = ds[0]
-        if torch.equal(item, ref[0].flip(-1)):
-            flipped += 1
-        else:
-            assert torch.equal(item, ref[0])
-    assert 0 < flipped < 20
-    ds = build_dataset(cfg("cifar10", cifar_root, channels=3, flip=True), "test")  # no flip on test
-    test_ref = load_uint8(cfg("cifar10", cifar_root, channels=3), "test").float() / 127.5 - 1
-    assert all(torch.equal(ds[0], test_ref[0]) for _ in range(10))
+def test_host_loader_batches_flips_and_resume(cifar_root):
+    """DataLoader batches of uint8 images become float32 in [-1, 1] on the device, each the image or its mirror,
+    in the order of the epoch's permutation; the state resumes the stream exactly, mid-epoch."""
+    ref = load_uint8(cfg("cifar10", cifar_root, channels=3), "train")
+    ds = build_dataset(cfg("cifar10", cifar_root, channels=3), "train")
+    a = HostLoader(ds, 4, seed=5, rank=0, world=1, device="cpu", random_flip=True)
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(5))
+    first = next(a)
+    assert first.dtype == torch.float32 and first.shape == (4, 3, 32, 32)
+    unit = ref.float() / 127.5 - 1
+    mirrored = [torch.equal(first[k], unit[perm[k]].flip(-1)) for k in range(4)]
+    assert all(m or torch.equal(first[k], unit[perm[k]]) for k, m in enumerate(mirrored))
+    state = a.state_dict()
+    b = HostLoader(ds, 4, seed=5, rank=0, world=1, device="cpu", random_flip=True)
+    b.load_state_dict(state)
+    for _ in range(3):                  # across the epoch boundary (2 batches of 4 per epoch of 10)
+        assert torch.equal(next(a), next(b))
+    flips = torch.cat([next(a) for _ in range(20)])
+    assert any(not torch.equal(s, s.flip(-1)) and (s == unit.flip(-1)).flatten(1).all(1).any() for s in flips)
 
 
 def test_image_folder(folder_root):
@@ -134,7 +134,7 @@ def test_image_folder(folder_root):
         ref = np.asarray(tf(Image.open(p).convert("RGB")))
         assert torch.equal(x[i], torch.from_numpy(ref.copy()).permute(2, 0, 1))
     ds = build_dataset(c, "test")
-    assert len(ds) == 3 and torch.equal(ds[1], x[1].float() / 127.5 - 1)
+    assert len(ds) == 3 and torch.equal(ds[1], x[1])
     gray = build_dataset(cfg("celebahq", folder_root, size=16, channels=1), "train")
     assert gray[0].shape == (1, 16, 16)
     # root/<split> is used when it exists

@@ -104,7 +104,7 @@ def test_sample_layouts_and_grayscale_replicated(tmp_path):
         (write_npz(tmp_path / "nhw.npz", gray, "nhw"), want_gray),
         (write_npz(tmp_path / "nhw1.npz", gray, "nhwc"), want_gray),
     ]:
-        ds = F.load_images(path)
+        ds = evaluate_ddpm.load_images(path)
         got = torch.stack([ds[i] for i in range(len(ds))])
         assert got.dtype == torch.uint8 and ds.size == (16, 16), path
         assert torch.equal(got, want), path
@@ -138,7 +138,7 @@ def test_ref_stats_npz_round_trip(weights, sets, tmp_path):
     assert via_file["n_reference"] == N
 
     st = F.load_stats(saved, 64)
-    F.save_stats(tmp_path / "compact.npz", st, compact=True)  # mu + float32 sigma_triu, as ../shared/data
+    F.save_stats(tmp_path / "compact.npz", st, compact=True)  # mu + float32 sigma_triu (compact)
     with np.load(tmp_path / "compact.npz") as z:
         assert "sigma" not in z.files and z["sigma_triu"].shape == (64 * 65 // 2,)
     ct = F.load_stats(tmp_path / "compact.npz", 64)
@@ -240,7 +240,7 @@ def test_script_runs_and_errors_in_one_line(weights, sets, tmp_path):
 
 
 def write_stats(weights, images_path, tmp_path):
-    feats = F.extract_features(F.load_images(images_path), ("64",), weights["random"])["64"]
+    feats = F.extract_features(evaluate_ddpm.load_images(images_path), ("64",), weights["random"])["64"]
     path = tmp_path / "stats64.npz"
     F.save_stats(path, F.features_to_stats(feats), compact=True)
     return path
@@ -276,7 +276,9 @@ def test_ref_config_stats_cached_and_reused(weights, sets, tmp_path, monkeypatch
                    f"  random_flip: false\n  download: false\n")
     calls = []
     real = F.extract_features
-    monkeypatch.setattr(F, "extract_features", lambda ds, *a, **k: calls.append(len(ds)) or real(ds, *a, **k))
+    counting = lambda ds, *a, **k: calls.append(len(ds)) or real(ds, *a, **k)     # noqa: E731
+    monkeypatch.setattr(F, "extract_features", counting)                 # the reference's (utils.fid)
+    monkeypatch.setattr(evaluate_ddpm, "extract_features", counting)     # the samples' (evaluate_ddpm.py)
     cache = tmp_path / "cache"
     args = ["--samples", sets["dir"], "--ref-config", cfg, "--cache-dir", cache, "--dims", 64,
             "--feature-extractor-weights", weights["random"]]

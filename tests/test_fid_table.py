@@ -1,34 +1,46 @@
-"""bench/fid_table.py end to end on CPU: real sample_ddpm.py runs per row, FID per row, resumable."""
+"""bench/fid_table.py end to end on CPU, run as its command: real sample_ddpm.py runs per row, FID per row
+(64-d features of random Inception weights), resumable."""
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'bench'))
-import fid_table  # noqa: E402
-from test_sample_cli import CONFIG, TINY, ckpt_dir  # noqa: E402,F401  (the tiny checkpoint fixture)
-from utils import fid as F  # noqa: E402
+from test_sample_cli import CONFIG, ENV, TINY, ckpt_dir  # noqa: F401  (the tiny checkpoint fixture)
+from utils import fid as F
+from utils.images import Uint8Images
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = 'ddpm:fixed_large:20,ddpm:fixed_small:5,ddim:-:5,dpm_solver++:-:4'
 
 
-@pytest.fixture(autouse=True)
-def small_inception(monkeypatch):
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    monkeypatch.setattr(FeatureExtractorInceptionV3, 'INPUT_IMAGE_SIZE', 75)
-    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+class FidTable:
+    """`python bench/fid_table.py ARGS` in a fresh process; a one-line error is raised as UserError."""
+
+    @staticmethod
+    def main(argv):
+        from utils.errors import UserError
+        p = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'fid_table.py'), *argv], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+        if p.returncode == 2 and p.stderr.startswith('error: ') and len(p.stderr.strip().splitlines()) == 1:
+            raise UserError(p.stderr.strip()[len('error: '):])
+        assert p.returncode == 0, p.stderr[-3000:]
+
+
+fid_table = FidTable()
+
+
+def reference(weights, seed):
+    g = torch.Generator().manual_seed(seed)
+    images = (torch.rand(12, 1, 8, 8, generator=g) * 255).to(torch.uint8)
+    return F.features_to_stats(F.extract_features(Uint8Images(images, rgb=True), ('64',), weights['random'], 'cpu')['64'])
 
 
 def test_fid_table_rows_and_resume(tmp_path, ckpt_dir, weights, one_thread):
-    g = torch.Generator().manual_seed(0)
-    ref_images = (torch.rand(12, 1, 8, 8, generator=g) * 255).to(torch.uint8)
-    ref = F.features_to_stats(F.extract_features(F.Uint8Images(ref_images), ('64',), weights['random'], 'cpu')['64'])
-    F.save_stats(tmp_path / 'ref.npz', ref)
+    F.save_stats(tmp_path / 'ref.npz', reference(weights, 0))
     argv = ['-c', CONFIG, '--weights', ckpt_dir, '--out-dir', str(tmp_path / 'table'), '--ref-stats',
             str(tmp_path / 'ref.npz'), '--feature-extractor-weights', weights['random'], '--dims', '64',
             '--n-samples', '6', '--micro-batch', '3', '--rows', ROWS, *TINY]
@@ -53,10 +65,7 @@ def test_fid_table_in_stages(tmp_path, ckpt_dir, weights, one_thread):
     # rows sampled by separate `--stage sample` runs (as one process per GPU would), then scored together,
     # give the same table as one `--stage all` run; scoring a row that was never sampled is a one-line error
     from utils.errors import UserError
-    g = torch.Generator().manual_seed(1)
-    ref = F.features_to_stats(F.extract_features(F.Uint8Images((torch.rand(12, 1, 8, 8, generator=g) * 255).to(
-        torch.uint8)), ('64',), weights['random'], 'cpu')['64'])
-    F.save_stats(tmp_path / 'ref.npz', ref)
+    F.save_stats(tmp_path / 'ref.npz', reference(weights, 1))
     common = ['-c', CONFIG, '--weights', ckpt_dir, '--ref-stats', str(tmp_path / 'ref.npz'),
               '--feature-extractor-weights', weights['random'], '--dims', '64', '--n-samples', '4',
               '--micro-batch', '2', *TINY]

@@ -1,4 +1,5 @@
-"""Tests for models/: the DDPM UNet, build_model's config checks and the EMA."""
+"""Tests for models/: the DDPM UNet, build_model's config checks, the EMA, and the speed layer (models/fast)."""
+import copy
 import glob
 import math
 import os
@@ -6,11 +7,13 @@ import os
 import pytest
 import torch
 import torch.nn as nn
-import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import EMA, UNet, build_model
-from models.unet import (AttnBlock, GroupNorm, group_norm_from_channel_stats, group_norm_from_chunk_stats,
-                         timestep_embedding, upsample_nearest2x)
+from models.fast import ChannelStatsGroupNorm, FastWeights, compile_for_sampling, compile_for_training, inductor_options
+from models.fast.weights import conv_weights_channels_last_, flatten_, view_of
+from models.unet import AttnBlock, timestep_embedding, upsample_nearest2x
+from utils.config import load_config
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,8 +25,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def load_yaml(path):
-    with open(path) as f:
-        return yaml.safe_load(f)
+    return load_config(path)
 
 
 def n_params(model):
@@ -104,66 +106,33 @@ def test_channels_last_matches_contiguous():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
 
-def test_group_norm_reads_channels_last_natively():
-    # The NHWC path against the textbook formula in float64: per (sample, group) mean and biased variance
-    # over C/groups channels x H x W; same values and gradients as the NCHW path; the layout is kept.
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_channel_stats_group_norm(fmt):
+    # The GroupNorm of compiled sampling (per-channel statistics combined by the law of total variance) against the
+    # textbook formula in float64, its gradients against F.group_norm's, and float32 with a large offset (mean 1e3 x
+    # std): the group variance combines partial variances, no E[x^2] - E[x]^2 cancellation. Same state_dict.
     torch.manual_seed(0)
-    gn = GroupNorm(4, 12, eps=1e-6).double()
+    gn = ChannelStatsGroupNorm(4, 12, eps=1e-6).double()
     with torch.no_grad():
         gn.weight.uniform_(0.5, 1.5)
         gn.bias.uniform_(-0.5, 0.5)
-    x = (torch.randn(3, 12, 5, 7, dtype=torch.float64) * 3 + 1).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
-    out = gn(x)
-    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
-    g = x.detach().reshape(3, 4, 3 * 5 * 7)
-    mean, var = g.mean(-1, keepdim=True), g.var(-1, unbiased=False, keepdim=True)
-    ref = ((g - mean) / torch.sqrt(var + 1e-6)).reshape(3, 12, 5, 7) * gn.weight[:, None, None] + gn.bias[:, None, None]
-    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
-    xc = x.detach().contiguous().requires_grad_(True)
-    w = torch.randn(3, 12, 5, 7, dtype=torch.float64)
-    (out * w).sum().backward()
-    (nn.functional.group_norm(xc, 4, gn.weight, gn.bias, 1e-6) * w).sum().backward()
-    torch.testing.assert_close(x.grad, xc.grad, atol=1e-12, rtol=1e-12)
-    # bf16 in, bf16 out (statistics in float32), close to the float32 result
-    xb = x.detach().float().to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    outb = GroupNorm(4, 12, eps=1e-6)(xb)
-    assert outb.dtype == torch.bfloat16
-    torch.testing.assert_close(outb.float(), nn.functional.group_norm(xb.float(), 4, eps=1e-6), atol=2e-2, rtol=2e-2)
-
-
-GN_FORMS = {'per_channel': group_norm_from_channel_stats,
-            'per_chunk': lambda *a: group_norm_from_chunk_stats(*a, chunk_rows=8),     # 40 positions: 5 chunks
-            'per_chunk_whole': lambda *a: group_norm_from_chunk_stats(*a, chunk_rows=64)}  # 64 does not divide 40
-
-
-@pytest.mark.parametrize("form", GN_FORMS)
-@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-def test_group_norm_from_channel_and_chunk_stats(fmt, form):
-    # The GroupNorms built from per-channel or per-chunk statistics (used under torch.compile, compiled_stats
-    # 'per_channel' / 'per_chunk') against the textbook formula in float64, their gradients against F.group_norm's,
-    # and float32 with a large offset (mean 1e3 x std): the group variance combines partial variances, no
-    # E[x^2] - E[x]^2 cancellation.
-    gn = GN_FORMS[form]
-    torch.manual_seed(0)
-    w, b = torch.rand(12, dtype=torch.float64) + 0.5, torch.rand(12, dtype=torch.float64) - 0.5
+    assert gn.state_dict().keys() == nn.GroupNorm(4, 12).state_dict().keys()
     x = (torch.randn(3, 12, 5, 8, dtype=torch.float64) * 3 + torch.randn(1, 12, 5, 1)).contiguous(memory_format=fmt)
     x.requires_grad_(True)
-    out = gn(x, 4, w, b, 1e-6)
+    out = gn(x)
     g = x.detach().reshape(3, 4, 3 * 5 * 8)
     mean, var = g.mean(-1, keepdim=True), g.var(-1, unbiased=False, keepdim=True)
-    ref = ((g - mean) / torch.sqrt(var + 1e-6)).reshape(3, 12, 5, 8) * w[:, None, None] + b[:, None, None]
+    ref = ((g - mean) / torch.sqrt(var + 1e-6)).reshape(3, 12, 5, 8) * gn.weight[:, None, None] + gn.bias[:, None, None]
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
     xc = x.detach().contiguous().requires_grad_(True)
     gout = torch.randn(3, 12, 5, 8, dtype=torch.float64)
     (out * gout).sum().backward()
-    (nn.functional.group_norm(xc, 4, w, b, 1e-6) * gout).sum().backward()
+    (nn.functional.group_norm(xc, 4, gn.weight, gn.bias, 1e-6) * gout).sum().backward()
     torch.testing.assert_close(x.grad, xc.grad, atol=1e-10, rtol=1e-10)
+    plain = ChannelStatsGroupNorm(4, 12, eps=1e-6, affine=False)
     x32 = (x.detach() + 1e3 * 3).float()
-    out32 = gn(x32, 4, None, None, 1e-6)
-    ref32 = nn.functional.group_norm(x32.double(), 4, eps=1e-6)
-    assert (out32.double() - ref32).abs().max() < 1e-3
-    assert gn(x32.to(torch.bfloat16), 4, None, None, 1e-6).dtype == torch.bfloat16
+    assert (plain(x32).double() - nn.functional.group_norm(x32.double(), 4, eps=1e-6)).abs().max() < 1e-3
+    assert plain(x32.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
@@ -172,7 +141,7 @@ def test_upsample_nearest2x_is_interpolate(fmt):
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
     xr = x.detach().clone().requires_grad_(True)
     y, ref = upsample_nearest2x(x), nn.functional.interpolate(xr, scale_factor=2.0, mode="nearest")
-    assert torch.equal(y, ref) and y.is_contiguous(memory_format=fmt)
+    assert torch.equal(y, ref)
     g = torch.randn_like(ref)
     (y * g).sum().backward()
     (ref * g).sum().backward()
@@ -182,7 +151,7 @@ def test_upsample_nearest2x_is_interpolate(fmt):
 def test_attention_block_formula_and_4d_sdpa(monkeypatch):
     # x + proj_out(softmax(q k^T / sqrt(C)) v) over the H*W tokens of GroupNorm(x), checked in float64; and SDPA
     # gets 4-D (B, heads, tokens, C) inputs, the only shape its fused GPU kernels take (3-D falls back to the
-    # float32 math path: bench/NOTES.md, attempt 4)
+    # float32 math path)
     torch.manual_seed(0)
     blk = AttnBlock(16, 4).double()
     for p in blk.parameters():
@@ -216,67 +185,72 @@ def test_reference_init_outputs_zero():
     assert torch.count_nonzero(model(torch.randn(1, 3, 8, 8), torch.tensor([5]))) == 0
 
 
-@pytest.mark.parametrize("stats,grad,expect,fmt", [
-    ("per_group", False, "group_norm", "nchw"), ("per_channel", True, "var_mean", "nchw"),
-    ("per_chunk", False, "var_mean", "nchw"), ("auto", False, "var_mean", "nchw"), ("auto", True, "group_norm", "nchw"),
-    ("auto", True, "group_norm", "channels_last"), ("per_group", False, "group_norm", "channels_last")])
-def test_compile_matches_eager(monkeypatch, stats, grad, expect, fmt):
-    # Dynamo must trace the whole forward without graph breaks (fullgraph=True). The aot_eager
-    # backend keeps this under a few seconds; inductor takes ~1 min cold on 2 CPU cores.
-    # GroupNorm.compiled_stats picks what the traced graph holds: group_norm, or per-channel var_mean
-    # ('auto': var_mean without gradients, i.e. sampling; group_norm with them, i.e. training). Channels_last
-    # activations (fmt, or conv weights that are channels_last) must not send it to the eager NHWC path, whose
-    # compiled backward was one slow reduction (bench/NOTES.md, attempt 11).
-    monkeypatch.setattr(GroupNorm, "compiled_stats", stats)
+def traced_ops(model, *inputs, grad):
+    """The call_function targets of the one graph Dynamo traces of model(*inputs) (fullgraph: no graph breaks),
+    run through aot_eager; and the output."""
+    ops = []
+
+    def backend(gm, example_inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+    with torch.set_grad_enabled(grad):
+        out = torch.compile(model, backend=backend, fullgraph=True)(*inputs)
+    return ops, out
+
+
+@pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
+def test_training_graph_keeps_group_norm_and_sampling_graph_takes_channel_stats(fmt):
+    # Dynamo traces the whole UNet forward without graph breaks; the training model's graph holds group_norm, the
+    # sampling model's (after compile_for_sampling's swap) var_mean per channel instead, with the same outputs.
     model = tiny_unet().eval()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
     if fmt == "channels_last":
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    traced = []
-
-    def backend(gm, example_inputs):
-        traced.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
-    compiled = torch.compile(model, backend=backend, fullgraph=True)
-    with torch.set_grad_enabled(grad):
-        out = compiled(x, t)
     with torch.no_grad():
-        torch.testing.assert_close(out, model(x, t), atol=1e-5, rtol=1e-4)
-    n_norms = sum(isinstance(m, GroupNorm) for m in model.modules())
-    assert sum("group_norm" in op for op in traced) == (n_norms if expect == "group_norm" else 0)
-    assert sum("var_mean" in op for op in traced) == (n_norms if expect == "var_mean" else 0)
+        ref = model(x, t)
+    n_norms = sum(isinstance(m, nn.GroupNorm) for m in model.modules())
+    ops, out = traced_ops(model, x, t, grad=True)
+    assert sum("group_norm" in op for op in ops) == n_norms and not any("var_mean" in op for op in ops)
+    torch.testing.assert_close(out.detach(), ref, atol=1e-5, rtol=1e-4)
+    sampling = copy.deepcopy(model)
+    compiled = compile_for_sampling(sampling, "default")
+    assert all(type(m) is ChannelStatsGroupNorm for m in sampling.modules() if isinstance(m, nn.GroupNorm))
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and compiled._orig_mod is sampling
+    assert sampling.state_dict().keys() == model.state_dict().keys()
+    ops, out = traced_ops(sampling, x, t, grad=False)
+    assert sum("var_mean" in op for op in ops) == n_norms and not any("group_norm" in op for op in ops)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
 
-def test_compile_model_sets_inductor_switches():
-    # train.compile_force_layout_opt, sample_ddpm.py's freezing and train.compile_tuning / --compile_tuning are
-    # inductor's process-wide options, set before torch.compile traces anything
+def test_inductor_options_are_per_model_and_leave_the_process_alone():
+    # The switches go into torch.compile(options=...): the mode's own options plus this repo's, and no process-wide
+    # inductor setting changes (a compiled sampler beside a compiled training model gets only its own).
     import torch._inductor.config as inductor_config
-    from models import compile_model
-    with inductor_config.patch(force_layout_optimization=False, freezing=False, coordinate_descent_tuning=False):
-        assert compile_model(None, None) is None
-        assert not (inductor_config.force_layout_optimization or inductor_config.freezing
-                    or inductor_config.coordinate_descent_tuning)
-        compile_model(None, None, tune=True)
-        assert inductor_config.coordinate_descent_tuning and not inductor_config.freezing
-        compiled = compile_model(nn.Linear(2, 2), "default", force_layout_opt=True, freeze=True)
-        assert inductor_config.force_layout_optimization and inductor_config.freezing
-        assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
-    # force_layout_opt also installs the convolution_backward lowering, marked in inductor's cache key
-    from models import conv_backward_layout
-    assert inductor_config.post_grad_custom_post_pass.uuid() == conv_backward_layout.VERSION
+    from models.fast import conv_backward_layout
+    assert inductor_options("default") == {}
+    assert inductor_options("reduce-overhead", tune=True) == {"triton.cudagraphs": True,
+                                                              "coordinate_descent_tuning": True}
+    opts = inductor_options("default", force_layout_opt=True, freeze=True)
+    assert opts["force_layout_optimization"] is True and opts["freezing"] is True
+    assert opts["post_grad_custom_post_pass"].uuid() == conv_backward_layout.VERSION   # marks the cache key
+    before = {k: getattr(inductor_config, k) for k in ("force_layout_optimization", "freezing",
+                                                        "coordinate_descent_tuning", "post_grad_custom_post_pass")}
+    compile_for_training(nn.Linear(2, 2), "default", force_layout_opt=True, tune=True)
+    compile_for_sampling(nn.Linear(2, 2), "default", tune=True)
+    assert {k: getattr(inductor_config, k) for k in before} == before
 
 
 def test_conv_backward_layout_warns_and_skips_on_a_torch_without_its_internals(monkeypatch):
     # an older inductor without one of the internals: a warning, the lowering untouched, training still compiles
     from torch._inductor import ir, lowering
-    from models import conv_backward_layout
-    monkeypatch.setattr(conv_backward_layout, "_installed", False)
+    from models.fast import conv_backward_layout
+    monkeypatch.setattr(conv_backward_layout, "_key", False)
     monkeypatch.delattr(ir.ExternKernel, "require_channels_last")
     before = lowering.lowerings[torch.ops.aten.convolution_backward.default]
     with pytest.warns(UserWarning, match="lacks an inductor internal.*same values"):
-        conv_backward_layout.install()
+        assert conv_backward_layout.install() is None
     assert lowering.lowerings[torch.ops.aten.convolution_backward.default] is before
-    assert conv_backward_layout._installed
+    assert inductor_options("default", force_layout_opt=True)["post_grad_custom_post_pass"] is None
 
 
 class SkipNet(nn.Module):
@@ -292,25 +266,40 @@ class SkipNet(nn.Module):
         return self.conv_out(torch.cat([h, self.conv_mid(nn.functional.silu(self.norm(h)))], dim=1))
 
 
-def test_compiled_conv_backward_gets_dense_channels_last_operands(monkeypatch):
-    # models/conv_backward_layout.py, installed by compile_model(force_layout_opt=True): every convolution_backward
-    # of the compiled backward gets grad_output and input dense channels_last (without it, inductor hands cuDNN the
-    # strided channel slices of the concatenation's gradient, which cuDNN copies), and the gradients are eager's.
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
-    from conv_layouts import ConvBackwardLog            # bench/conv_layouts.py's recorder of the calls' layouts
-    from models import compile_model
+def layout(t) -> str:
+    """'cl' (channels_last, not also contiguous), 'nchw', 'both' (size-1 dimensions) or 'strided' (neither)."""
+    cl, c = t.is_contiguous(memory_format=torch.channels_last), t.is_contiguous()
+    return 'both' if cl and c else 'cl' if cl else 'nchw' if c else 'strided'
 
+
+class ConvBackwardLog(TorchDispatchMode):
+    """Records the layouts of (grad_output, input) of every convolution_backward call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default:
+            self.calls.append([layout(a) for a in args[:2]])
+        return func(*args, **(kwargs or {}))
+
+
+def test_compiled_conv_backward_gets_dense_channels_last_operands():
+    # models/fast/conv_backward_layout.py, part of compile_for_training's force_layout_opt: every
+    # convolution_backward of the compiled backward gets grad_output and input dense channels_last (without it,
+    # inductor hands cuDNN the strided channel slices of the concatenation's gradient, which cuDNN copies), and the
+    # gradients are eager's.
     torch.manual_seed(0)
     net, x = SkipNet(), torch.randn(4, 3, 8, 8)
     net(x).square().mean().backward()
     eager_grads = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
-    compiled = compile_model(net, "default", force_layout_opt=True)
-    loss = compiled(x).square().mean()
+    loss = compile_for_training(net, "default", force_layout_opt=True)(x).square().mean()
     log = ConvBackwardLog()
     with log:                   # around the backward only: the compiled forward does not run under a dispatch mode
         loss.backward()
-    assert [[lay in ("cl", "both") for lay, _ in call[:2]] for call in log.calls] == [[True, True]] * 3
+    assert [[lay in ("cl", "both") for lay in call] for call in log.calls] == [[True, True]] * 3
     for p, g in zip(net.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
@@ -346,7 +335,7 @@ def toy():
     return nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
 
 
-def train_step(model):
+def change_weights(model):
     """Change the live weights and BatchNorm's buffers like a training step would."""
     with torch.no_grad():
         for p in model.parameters():
@@ -366,10 +355,10 @@ def test_ema_warmup_by_hand(decay):
     for n in range(3):
         d = min(decay, (1 + n) / (10 + n))  # 1/10, 2/11, 3/12, capped by decay
         assert ema.current_decay() == pytest.approx(d)
-        train_step(live)
+        change_weights(live)
         w = w + (1 - d) * (live[0].weight.detach().double() - w)
         rm = rm + (1 - d) * (live[1].running_mean.double() - rm)
-        ema.update(live)
+        ema.update()
     assert ema.num_updates == 3
     torch.testing.assert_close(ema.model[0].weight.double(), w)
     torch.testing.assert_close(ema.model[1].running_mean.double(), rm)
@@ -378,10 +367,11 @@ def test_ema_warmup_by_hand(decay):
 
 def test_ema_fixed_decay_and_wrapped_model():
     live = toy()
-    ema = EMA(live, decay=0.9, warmup=False)
+    ema = EMA(torch.compile(live), decay=0.9, warmup=False)  # a compiled wrapper is unwrapped (nothing compiles)
+    assert ema.live is live
     w0 = live[0].weight.detach().clone()
-    train_step(live)
-    ema.update(torch.compile(live))  # a compiled wrapper is unwrapped (nothing gets compiled)
+    change_weights(live)
+    ema.update()
     torch.testing.assert_close(ema.model[0].weight, 0.9 * w0 + 0.1 * live[0].weight.detach())
     assert ema.current_decay() == 0.9
 
@@ -390,32 +380,29 @@ def test_ema_state_dict_round_trip():
     live = toy()
     ema = EMA(live, decay=0.99)
     for _ in range(2):
-        train_step(live)
-        ema.update(live)
+        change_weights(live)
+        ema.update()
     sd = ema.state_dict()
     assert sd["num_updates"] == 2 and sd["decay"] == 0.99
-    other = EMA(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)), decay=0.5)
+    other = EMA(live, decay=0.5)
     other.load_state_dict(sd)
     assert other.num_updates == 2 and other.decay == 0.99
     for k, v in ema.model.state_dict().items():
         assert torch.equal(other.model.state_dict()[k], v)
-    train_step(live)  # both keep averaging the same way after the load
-    ema.update(live)
-    other.update(live)
+    change_weights(live)  # both keep averaging the same way after the load
+    ema.update()
+    other.update()
     for k, v in ema.model.state_dict().items():
         assert torch.equal(other.model.state_dict()[k], v)
 
 
 def test_bf16_weights_give_autocast_numbers_bit_for_bit():
-    """The bf16 copy's loss and (copied back) gradients equal bf16 autocast on the fp32 model, bit for bit, when
-    the fp32 model's conv weights have the same (channels_last) layout; GroupNorm parameters are shared."""
-    import copy
-    from models import BF16Weights
-    from models.bf16_weights import conv_weights_channels_last_
+    """FastWeights' bf16 copy: its loss and (copied back) gradients equal bf16 autocast on the fp32 model, bit for
+    bit, when the fp32 model's conv weights have the same (channels_last) layout; GroupNorm parameters are shared."""
     master = tiny_unet(in_channels=1, out_channels=1)
     ref = conv_weights_channels_last_(copy.deepcopy(master))
-    w = BF16Weights(master)
-    assert master.state_dict().keys() == ref.state_dict().keys()
+    w = FastWeights(master, bf16_copy=True)
+    assert master.state_dict().keys() == ref.state_dict().keys() and w.params == list(master.parameters())
     assert w.model.norm_out.weight is master.norm_out.weight                      # shared, not copied
     assert w.model.conv_out.weight.dtype == torch.bfloat16 and w.model.mid[1].qkv.bias.dtype == torch.bfloat16
     assert w.model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
@@ -426,9 +413,10 @@ def test_bf16_weights_give_autocast_numbers_bit_for_bit():
             loss = net(x, t).float().pow(2).mean()
         loss.backward()
         losses.append(loss)
-    w.grads_to_master()
+    w.grads_to_params()
     assert torch.equal(losses[0], losses[1])
-    assert all(c.grad is None for c in w.copies)
+    assert all(m.grad is None for m in w.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+               for m in [m.weight])                                                 # the copy's are cleared
     for (name, p), q in zip(ref.named_parameters(), master.parameters()):
         assert q.grad.dtype == torch.float32 and q.grad.stride() == q.stride(), name    # as fused Adam needs
         assert torch.equal(p.grad, q.grad), name
@@ -436,10 +424,8 @@ def test_bf16_weights_give_autocast_numbers_bit_for_bit():
 
 
 def test_bf16_weights_refresh_and_optimizer_state_layout():
-    from models import BF16Weights
     master = tiny_unet(in_channels=1, out_channels=1)
-    opt = torch.optim.Adam(master.parameters())
-    w = BF16Weights(master)
+    w = FastWeights(master, bf16_copy=True)
     with torch.no_grad():
         master.conv_in.weight.add_(1.0)
         master.mid[1].qkv.bias.add_(0.5)
@@ -447,14 +433,20 @@ def test_bf16_weights_refresh_and_optimizer_state_layout():
     w.refresh()
     assert torch.equal(w.model.conv_in.weight, master.conv_in.weight.bfloat16())
     assert torch.equal(w.model.mid[1].qkv.bias, master.mid[1].qkv.bias.bfloat16())
-    # optimizer state loaded from a run without the copy (NCHW conv states) takes the parameters' strides
-    p = master.conv_in.weight
-    saved = torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape)     # NCHW
-    opt.state[p] = {'step': torch.tensor(3.0), 'exp_avg': saved.clone(), 'exp_avg_sq': saved.clone()}
-    w.match_optimizer_state(opt)
+    # optimizer state from a run without the copy (NCHW conv states) takes the parameters' strides, as fused Adam
+    # needs; a state that does not fit the model is a ValueError
+    params = list(master.parameters())
+    i = next(k for k, p in enumerate(params) if p is master.conv_in.weight)
+    saved = torch.arange(params[i].numel(), dtype=torch.float32).reshape(params[i].shape)     # NCHW
+    sd = {'state': {i: {'step': torch.tensor(3.0), 'exp_avg': saved.clone(), 'exp_avg_sq': saved.clone()}},
+          'param_groups': [{'lr': 1e-3, 'params': list(range(len(params)))}]}
+    out = w.optimizer_state_from_params(sd)['state'][i]
     for k in ('exp_avg', 'exp_avg_sq'):
-        assert opt.state[p][k].stride() == p.stride() and torch.equal(opt.state[p][k], saved)
-    assert opt.state[p]['step'].item() == 3.0
+        assert out[k].stride() == params[i].stride() and torch.equal(out[k], saved)
+    assert out['step'].item() == 3.0
+    sd['state'][i]['exp_avg'] = saved[:1]
+    with pytest.raises(ValueError, match="a state of shape"):
+        w.optimizer_state_from_params(sd)
 
 
 def test_project_embedding_gives_each_block_its_own_linear_layer():
@@ -478,85 +470,68 @@ def test_project_embedding_gives_each_block_its_own_linear_layer():
         torch.testing.assert_close(got, block.emb_proj(emb))
 
 
-def test_flatten_and_span():
-    """flatten_ moves tensors into one buffer keeping values, shapes and strides; span finds the buffer the tensors
-    tile (in any order) and refuses gaps, other storages and mixed dtypes; span_pair needs the same layout."""
-    from models.flat_params import flatten_, span, span_pair
+def test_flatten_keeps_values_shapes_strides_and_aligns():
+    """flatten_ moves tensors into one buffer keeping values, shapes and strides, each at a multiple of 16 elements
+    (a CUDA graph's static inputs must be 16-byte aligned), zeros between; view_of finds a tensor's place in any
+    tensor laid out like the buffer."""
     conv = torch.nn.Conv2d(3, 4, 3)
     conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
     lin = torch.nn.Linear(5, 2)
     params = [conv.weight, lin.weight, conv.bias, lin.bias]
     before = [(p.detach().clone(), p.stride()) for p in params]
     buf = flatten_(params)
-    # each at a multiple of 16 elements (a CUDA graph's static inputs must be 16-byte aligned), zeros between
     assert [p.storage_offset() for p in params] == [0, 112, 128, 144] and buf.shape == (146,)
     assert buf[108:112].eq(0).all() and buf[122:128].eq(0).all()
     for p, (value, stride) in zip(params, before):
         assert torch.equal(p, value) and p.stride() == stride
         assert p.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr()
-    s = span(params[::-1])
-    assert s.data_ptr() == buf.data_ptr() and s.shape == buf.shape
-    assert span(params[1:]).storage_offset() == 112 and span(params[1:]).numel() == 146 - 112
-    assert span([conv.weight, conv.bias]) is None                 # lin.weight lies between them
-    assert span([params[0], buf[100:120]]) is None                # overlap
-    assert span([conv.weight, torch.zeros(3)]) is None             # another storage
-    other = [p.detach().clone() for p in params]
-    copy = flatten_(other, dtype=torch.bfloat16)
-    assert copy.dtype == torch.bfloat16 and span([params[0], other[1]]) is None
-    a, b = span_pair(other, params)
-    assert a.data_ptr() == copy.data_ptr() and b.data_ptr() == buf.data_ptr()
-    assert span_pair(other[::-1], params) is None                  # pairs of different shapes
-    shuffled = [p.detach().clone() for p in params]
-    flatten_([shuffled[1], shuffled[0], shuffled[2], shuffled[3]])
-    assert span(shuffled) is not None and span_pair(shuffled, params) is None   # tiles, in another order
+    other = torch.arange(146.0)
+    assert torch.equal(view_of(lin.weight, other), other[112:122].view(2, 5))
+    assert torch.equal(view_of(conv.weight, other), other[:108].as_strided((4, 3, 3, 3), conv.weight.stride()))
+    with pytest.raises(ValueError, match="not dense"):
+        flatten_([torch.zeros(4, 4)[:, :2]])
 
 
 @pytest.mark.parametrize('bf16', [False, True])
 def test_flat_params_train_as_per_parameter_bit_for_bit(bf16):
-    """A few Adam steps with FlatParams (one optimizer tensor, one-lerp EMA, one-cast bf16 refresh) give the
+    """A few Adam steps with the flat buffer (one optimizer tensor, one-lerp EMA, one-cast bf16 refresh) give the
     per-parameter optimizer's weights, EMA and (converted) Adam state bit for bit on the CPU (no clipping here:
     its norm sums in another order); the converted state loads back into the flat optimizer unchanged."""
-    from models import EMA, BF16Weights, FlatParams
 
-    def run(flat_on):
+    def run(flat):
         net = tiny_unet(in_channels=1, out_channels=1)
-        weights = BF16Weights(net) if bf16 else None
-        flat = FlatParams(net, weights) if flat_on else None
+        weights = FastWeights(net, bf16_copy=bf16, flat=flat)
         ema = EMA(net, 0.9)
-        opt = torch.optim.Adam([flat.param] if flat else net.parameters(), lr=1e-3)
-        model = weights.model if weights else net
+        weights.attach_ema(ema)
+        opt = torch.optim.Adam(weights.params, lr=1e-3)
         gen = torch.Generator().manual_seed(1)
         for _ in range(3):
             x, t = torch.randn(4, 1, 16, 16, generator=gen), torch.randint(0, 100, (4,), generator=gen)
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
-                model(x, t).float().pow(2).mean().backward()
-            if flat:
-                flat.gather_grads()
-                assert all(s.grad is None for s in flat.sources) and flat.param.grad.abs().sum() > 0
-            elif weights:
-                weights.grads_to_master()
+                weights.model(x, t).float().pow(2).mean().backward()
+            weights.grads_to_params()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if weights:
-                weights.refresh()
-            ema.update(net)
-        if flat:        # the one-tensor paths were taken
-            assert ema._spans is not None and (weights is None or weights._spans is not None)
-            assert len(opt.state) == 1
-        return net, ema, opt, flat
+            weights.refresh()
+            ema.update()
+        return net, ema, opt, weights
 
     net_a, ema_a, opt_a, _ = run(False)
     net_b, ema_b, opt_b, flat = run(True)
+    # the one-tensor paths: one optimizer tensor, and the EMA's parameters in one buffer of their own
+    assert len(opt_b.state) == 1 and len(flat.params) == 1
+    storages = {p.untyped_storage().data_ptr() for p in ema_b.model.parameters()}
+    assert len(storages) == 1 and storages != {flat.param.untyped_storage().data_ptr()}
     for (name, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values()):
         assert torch.equal(a, b), name
     for (name, a), b in zip(ema_a.model.state_dict().items(), ema_b.model.state_dict().values()):
         assert torch.equal(a, b), name
-    per_param = flat.state_to_params(opt_b.state_dict())
+    per_param = flat.optimizer_state_to_params(opt_b.state_dict())
     ref = opt_a.state_dict()
     assert per_param['param_groups'] == ref['param_groups'] and per_param['state'].keys() == ref['state'].keys()
     for i, state in ref['state'].items():
         for k, v in state.items():
             assert torch.equal(per_param['state'][i][k], v) and per_param['state'][i][k].shape == v.shape, (i, k)
-    back = flat.state_from_params(ref)
+    back = flat.optimizer_state_from_params(ref)
     for k, v in opt_b.state_dict()['state'][0].items():
         assert torch.equal(back['state'][0][k], v), k

@@ -197,8 +197,7 @@ def test_png_writes_are_atomic(tmp_path, monkeypatch):
     before = open(path, 'rb').read()
 
     def killed(self, fp, format=None, **kw):       # dies half way through writing
-        with open(fp, 'wb') as f:
-            f.write(b'\x89PNG half')
+        fp.write(b'\x89PNG half')
         raise KeyboardInterrupt
     monkeypatch.setattr(Image.Image, 'save', killed)
     with pytest.raises(KeyboardInterrupt):

@@ -344,11 +344,12 @@ def test_publish_prunes_only_older_checkpoints(tmp_path):
     assert sorted(os.listdir(root)) == ['latest', 'step0000003', 'step0000004', 'step0000006']
 
 
-def test_bf16_weights_train_as_autocast_and_resume_exactly(tmp_path, image_dir):
+def test_bf16_weights_train_as_autocast_bit_for_bit_and_resume_exactly(tmp_path, image_dir):
     """train.bf16_weights (a bf16 copy of the conv/linear weights, fp32 master) trains what bf16 autocast on the
-    fp32 model trains, to bf16 rounding (the copy's channels_last conv weights change the CPU's conv kernels, so
-    not bit for bit; tests/test_models.py checks bit equality at equal layouts); and it resumes exactly."""
-    over = tiny(image_dir, **{'model.params.dropout': 0.0, 'train.mixed_precision': 'bf16', 'train.n_samples': 0})
+    fp32 model trains, bit for bit, when both keep the same memory layout (train.channels_last: the copy's conv
+    weights are channels_last, and a layout changes the CPU's conv kernels); and it resumes exactly."""
+    over = tiny(image_dir, **{'model.params.dropout': 0.0, 'train.mixed_precision': 'bf16', 'train.n_samples': 0,
+                              'train.channels_last': 'true'})
     train(['-e', str(tmp_path / 'autocast'), '--train.n_steps', '4', *over])
     train(['-e', str(tmp_path / 'copy'), '--train.n_steps', '4', '--train.bf16_weights', 'true', *over])
     train(['-e', str(tmp_path / 'split'), '--train.n_steps', '2', '--train.bf16_weights', 'true', *over])
@@ -356,19 +357,11 @@ def test_bf16_weights_train_as_autocast_and_resume_exactly(tmp_path, image_dir):
            '--train.resume', 'latest', *over])
     a, b, c = (tmp_path / run / 'ckpt' / 'step0000004' for run in ('autocast', 'copy', 'split'))
     for name in ('model.pt', 'ema.pt', 'optimizer.pt', 'meta.pt', 'rng_0.pt'):
+        assert_same_tree(load(a, name), load(b, name), name)
         assert_same_tree(load(b, name), load(c, name), name)
-    ma, mb = load(a, 'model.pt'), load(b, 'model.pt')
-    assert ma.keys() == mb.keys() and all(v.dtype == torch.float32 for v in mb.values())
-    # Adam moves each weight by about the learning rate whatever the gradient's size, so a gradient near zero that
-    # rounds the other way in bf16 flips a whole step: compare the fraction of weights that moved differently, and
-    # the first moments (running sums of the gradients) to bf16 precision
-    diff = torch.cat([(mb[k] - ma[k]).abs().flatten() for k in ma])
-    assert (diff > 1e-4).float().mean() < 0.05, (diff > 1e-4).float().mean()     # 0.5% here; 65% if a refresh is lost
-    sa, sb = load(a, 'optimizer.pt')['state'], load(b, 'optimizer.pt')['state']
-    rel = [((sb[i]['exp_avg'] - sa[i]['exp_avg']).norm() / sa[i]['exp_avg'].norm()).item() for i in sa]
-    assert len(rel) > 10 and max(rel) < 0.05, max(rel)                        # 1.6% here
+    assert all(v.dtype == torch.float32 for v in load(b, 'model.pt').values())
     first = load(tmp_path / 'copy' / 'ckpt' / 'step0000002', 'model.pt')
-    assert any(not torch.equal(first[k], v) for k, v in mb.items())
+    assert any(not torch.equal(first[k], v) for k, v in load(b, 'model.pt').items())
 
 
 def test_bf16_weights_need_bf16(tmp_path, image_dir):

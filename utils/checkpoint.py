@@ -7,6 +7,7 @@ A checkpoint folder holds
     meta.pt        {'step': int, 'lr_scheduler': ..., 'scaler': ... or None}
     rng_{rank}.pt  every RNG state of process `rank` (CPU, CUDA, data order, flips)
 It is written into a temporary folder and renamed into place, so a killed run never leaves a partial one.
+What goes into the files: utils.train_state.TrainState.
 """
 import os
 import re
@@ -16,6 +17,7 @@ from typing import Optional
 import torch
 
 from .errors import UserError
+from .files import atomic_write
 
 STEP_DIR = re.compile(r'^step(\d{7,})$')
 
@@ -29,10 +31,8 @@ def tmp_dir_for(ckpt_root: str, step: int) -> str:
 
 
 def save_file(obj, path: str):
-    """torch.save through a temporary file and os.replace, so `path` is either the old or the new file."""
-    tmp = path + '.tmp'
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically: `path` is either the old or the new file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def publish(ckpt_root: str, step: int, keep: int):
@@ -48,9 +48,7 @@ def publish(ckpt_root: str, step: int, keep: int):
         old = final + f'.old-{os.getpid()}'
         os.replace(final, old)
     os.replace(tmp_dir_for(ckpt_root, step), final)
-    with open(os.path.join(ckpt_root, 'latest.tmp'), 'w') as f:
-        f.write(step_dir_name(step) + '\n')
-    os.replace(os.path.join(ckpt_root, 'latest.tmp'), os.path.join(ckpt_root, 'latest'))
+    atomic_write(os.path.join(ckpt_root, 'latest'), lambda f: f.write(step_dir_name(step) + '\n'), mode='w')
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     older = sorted(int(m.group(1)) for d in os.listdir(ckpt_root) if (m := STEP_DIR.match(d)) and int(m.group(1)) < step)

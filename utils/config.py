@@ -1,23 +1,25 @@
 """YAML configs: load, override from the command line, save.
 
 A config is a nested dict with the top-level sections ``seed``, ``data``, ``model``,
-``diffusion`` and ``train`` (see ``configs/*.yaml``). Any leaf can be overridden on the
-command line by its dotted key: ``--train.lr 1e-4``, ``--model.params.dim_mults [1,2,2]``,
-``--train.resume=~``. Values are parsed as YAML and checked against the type of the value
-they replace, so a typo fails at once with one line saying what to fix.
+``diffusion`` and ``train``. ``configs/defaults.yaml`` holds every key with its default; a config
+file holds what differs (``configs/ddpm_cifar10.yaml``: the dataset), and :func:`load_config` lays
+it over the defaults. Any leaf can be overridden on the command line by its dotted key:
+``--train.lr 1e-4``, ``--model.params.dim_mults [1,2,2]``, ``--train.resume=~``. Values are parsed
+as YAML and checked against the type of the value they replace, so a typo fails at once with one
+line saying what to fix.
 """
 import argparse
 import copy
 import difflib
 import os
-import tempfile
 
 import yaml
 
 from utils.errors import UserError
+from utils.files import atomic_write
 
 
-def load_config(path) -> dict:
+def read_yaml(path) -> dict:
     """Read a YAML config file into a dict; any problem is a :class:`UserError` naming ``path``."""
     try:
         with open(path, "r", encoding="utf-8") as f:
@@ -37,21 +39,36 @@ def load_config(path) -> dict:
     return cfg
 
 
+DEFAULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "defaults.yaml")
+
+
+def load_config(path, defaults=DEFAULTS) -> dict:
+    """The config in ``path`` laid over ``defaults`` (a file holding every key; None: the file alone).
+
+    A key of ``path`` that ``defaults`` lacks is a one-line UserError naming the closest valid key: a typo, or a
+    key an older version of this repo had. ``model.params`` is left to build_model, which checks the network's
+    own arguments.
+    """
+    cfg = read_yaml(path)
+    if defaults is None:
+        return cfg
+    base = read_yaml(defaults)
+    check_keys(cfg, path, base)
+    return merge(base, cfg)
+
+
+def merge(base: dict, over: dict) -> dict:
+    """A deep copy of ``base`` with the leaves of ``over`` put in (sections merged key by key)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
 def save_config(cfg: dict, path) -> None:
-    """Write ``cfg`` as YAML (keys in their order) atomically: a temp file, then ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False, default_flow_style=None)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``cfg`` as YAML (keys in their order) atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: yaml.safe_dump(cfg, f, sort_keys=False, default_flow_style=None), mode="w")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -61,44 +78,37 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see python {self.prog} --help)")
 
 
-def parse_args(parser: argparse.ArgumentParser, argv=None, reference=None):
+def parse_args(parser: argparse.ArgumentParser, argv=None, defaults=DEFAULTS):
     """Parse ``argv`` with ``parser`` (which has ``-c/--config``) plus dotted config overrides.
 
-    Returns ``(args, cfg)``: the known arguments, and the config loaded from ``args.config``
-    with the leftover ``--key value`` / ``--key=value`` pairs applied. Given a ``reference`` config
-    file, the loaded config must first have exactly its keys (:func:`check_keys`).
+    Returns ``(args, cfg)``: the known arguments, and the config loaded from ``args.config`` (laid over
+    ``defaults``, see :func:`load_config`) with the leftover ``--key value`` / ``--key=value`` pairs applied.
     """
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "config", None) is None:
         raise UserError("no config given; pass one with -c, e.g. -c configs/ddpm_cifar10.yaml")
-    cfg = load_config(args.config)
-    if reference is not None:
-        check_keys(cfg, args.config, reference)
-    return args, apply_overrides(cfg, rest)
+    return args, apply_overrides(load_config(args.config, defaults), rest)
 
 
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "ddpm_cifar10.yaml")
-
-
-def check_keys(cfg: dict, path, reference=SHIPPED) -> None:
-    """A UserError unless ``cfg`` (read from ``path``) has exactly the keys of the shipped configs.
-
-    Catches a typo in a config file (which overrides cannot: they are checked against the file) and a config
-    written for an older version of the repo, before it fails later with a KeyError. ``model.params`` is left
-    to build_model, which checks the network's own arguments.
-    """
-    def keys(c):
-        return {k for k in _leaf_keys(c) if not k.startswith("model.params.")}
-    want, have = keys(load_config(reference)), keys(cfg)
-    missing, unknown = sorted(want - have), sorted(have - want)
-    ref = os.path.relpath(reference)
+def check_keys(cfg: dict, path, defaults: dict) -> None:
+    """A UserError if ``cfg`` (read from ``path``) has a key that ``defaults`` lacks (``model.params`` aside)."""
+    want = set(_leaf_keys(defaults)) | set(_section_keys(defaults))
+    unknown = sorted(k for k in _leaf_keys(cfg) if k not in want and not k.startswith("model.params."))
     if unknown:
-        close = difflib.get_close_matches(unknown[0], missing or sorted(want), n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]}?" if close else f"; the valid keys are those of {ref}"
-        raise UserError(f"config '{path}' has unknown key(s) {', '.join(unknown)}{hint}")
-    if missing:
-        raise UserError(f"config '{path}' lacks {', '.join(missing)}, which the shipped configs have; a config from "
-                        f"an older version of this repo? Add the missing key(s) with the values in {ref}")
+        section = unknown[0].split(".")[0]
+        same = sorted(k for k in _leaf_keys(defaults) if k.split(".")[0] == section and not
+                      k.startswith("model.params."))
+        close = difflib.get_close_matches(unknown[0], same, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]}?" if close else "the valid keys are those of configs/defaults.yaml"
+        raise UserError(f"config '{path}' has unknown key(s) {', '.join(unknown)}; {hint}")
+
+
+def _section_keys(node: dict, prefix: str = ""):
+    """Yield the dotted key of every section (a dict value), so an empty section in a file is not unknown."""
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield f"{prefix}{k}"
+            yield from _section_keys(v, f"{prefix}{k}.")
 
 
 def apply_overrides(cfg: dict, overrides: list) -> dict:

@@ -1,9 +1,8 @@
 """Image files: [-1, 1] tensors to uint8, atomic PNG/NPZ writes, rows and grids.
 
-Images are uint8 tensors C×H×W (C = 1 or 3) unless said otherwise; files are written to a temporary name
-in the same folder and renamed into place, so a killed process never leaves a half-written file.
+Images are uint8 tensors C×H×W (C = 1 or 3) unless said otherwise; files are written atomically
+(utils.files.atomic_write), so a killed process never leaves a half-written file.
 """
-import os
 from typing import List, Sequence
 
 import numpy as np
@@ -11,6 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
+
+from utils.files import atomic_write
 
 
 def quantize_uint8(x: Tensor) -> Tensor:
@@ -23,23 +24,11 @@ def to_uint8(x: Tensor) -> Tensor:
     return quantize_uint8(x).cpu()
 
 
-def _tmp_name(path: str) -> str:
-    """A hidden temporary name beside `path` that does not end in the same extension (so globs skip it)."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f'.{name}.{os.getpid()}.tmp')
-
-
 def save_png(img: Tensor, path: str):
     """Write a uint8 C×H×W image (C = 1: grayscale, C = 3: RGB) as PNG, atomically."""
     arr = img.permute(1, 2, 0).numpy()
     pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    tmp = _tmp_name(path)
-    try:
-        pil.save(tmp, format='PNG')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: pil.save(f, format='PNG'), fsync=False)
 
 
 def load_png(path: str) -> np.ndarray:
@@ -51,13 +40,7 @@ def load_png(path: str) -> np.ndarray:
 
 def save_npz(images: np.ndarray, path: str):
     """Write N×H×W×C uint8 images as `arr_0` of an .npz (the layout FID tools read), atomically."""
-    tmp = _tmp_name(path) + '.npz'
-    try:
-        np.savez(tmp, images)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: np.savez(f, images))
 
 
 def row(frames: Sequence[Tensor]) -> Tensor:
@@ -68,3 +51,26 @@ def row(frames: Sequence[Tensor]) -> Tensor:
 def grid(images: List[Tensor], nrow: int, padding: int = 2) -> Tensor:
     """uint8 C×H×W images (same size) in a grid of `nrow` per line with `padding` black pixels: C×H'×W'."""
     return make_grid(torch.stack(images), nrow=nrow, padding=padding, pad_value=0)
+
+
+class Uint8Images(torch.utils.data.Dataset):
+    """Images held in memory as a uint8 tensor N×C×H×W (C = 1 or 3); item i is image i, uint8 C×H×W.
+
+    `rgb`: 1-channel images are given as 3 (replicated), the input Inception takes. `.size` is (H, W).
+    """
+
+    def __init__(self, images: Tensor, rgb: bool = False):
+        if not torch.is_tensor(images) or images.dtype != torch.uint8 or images.dim() != 4 \
+                or images.shape[1] not in (1, 3):
+            got = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"expected a uint8 tensor N x C x H x W with C = 1 or 3, got {got}")
+        self.images = images.detach().cpu()
+        if rgb:
+            self.images = self.images.expand(-1, 3, -1, -1)
+        self.size = tuple(images.shape[2:])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
