@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
-from diffusions import DDPM, SAMPLERS, SKIP_TYPES, VAR_TYPES, make_sampler
+from diffusions import SAMPLERS, SKIP_TYPES, VAR_TYPES, from_config, make_sampler
 from models import build_model
 from models.fast import COMPILE_MODES, compile_for_sampling
 from utils import checkpoint as ckpt
@@ -161,7 +161,7 @@ def main(argv=None):
     skip_type = args.skip_type or ('uniform' if args.skip_steps is not None else None)
 
     # ---------------------------------------------------------------- diffusion, sampler, model (CPU)
-    diffusion = DDPM.from_config(cfg['diffusion'], var_type=args.var_type, skip_type=skip_type, skip_steps=args.skip_steps)
+    diffusion = from_config(cfg['diffusion'], var_type=args.var_type, skip_type=skip_type, skip_steps=args.skip_steps)
     sampler = make_sampler(args.sampler, diffusion, args.eta)
     S = diffusion.num_steps
     n_frames = {'sample': 1, 'denoise': args.n_denoise, 'progressive': args.n_progressive}[args.mode]

@@ -4,7 +4,7 @@
 
 Reads top to bottom: config -> accelerator and run folder -> data -> model, EMA, optimizer (build_state) ->
 resume -> loop of train_step (utils/train_state.py), with logging, sample grids, FID and checkpoints at their
-intervals. `--train.fast true` turns on the speed layer (models/fast); the reference path never touches it.
+intervals. `--train.fast true` turns on the speed layer (models/fast); off, its FastWeights is a pass-through.
 """
 import argparse
 import math
@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
 import datasets
-from diffusions import DDPM, make_sampler
+from diffusions import from_config, make_sampler
 from models import EMA, build_model
 from models.fast import COMPILE_MODES, FastWeights, compile_for_training
 from utils import checkpoint as ckpt
@@ -129,38 +129,21 @@ def main():
     args, cfg = parse_args(get_parser())
     check_config(resolve_speed(cfg))
     tc, dc = cfg['train'], cfg['data']
-
-    # ---------------------------------------------------------------- accelerator, run folder
-    # cpu=True on a machine without CUDA lets `accelerate launch --multi_gpu --num_processes N` run N gloo processes
-    mixed_precision = {False: 'no'}.get(tc['mixed_precision'], tc['mixed_precision'])  # YAML reads `no` as false
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    if tc['bf16_weights'] and accelerator.mixed_precision != 'bf16':
-        raise UserError(f"train.bf16_weights needs bf16 mixed precision, but this run has "
-                        f"{accelerator.mixed_precision!r}; pass --train.mixed_precision bf16 (or accelerate launch "
-                        f"--mixed_precision bf16), or --train.bf16_weights false")
-    if tc['batch_size'] % world:
-        raise UserError(f"train.batch_size {tc['batch_size']} does not divide over {world} processes; "
-                        f"use a multiple of {world}")
-    batch = tc['batch_size'] // world                      # per process
-    if batch % (tc['micro_batch'] or batch):
-        raise UserError(f"train.micro_batch {tc['micro_batch']} does not divide the per-process batch {batch}")
-    exp_dir, resume_dir = run_folder(args.exp_dir, tc['resume'], world)
+    accelerator, batch = make_accelerator(tc)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    exp_dir, resume_dir = run_folder(args.exp_dir, cfg, accelerator)
     ckpt_root = os.path.join(exp_dir, 'ckpt')
-    if accelerator.is_main_process:
-        for sub in ('ckpt', 'samples', 'tensorboard'):
-            os.makedirs(os.path.join(exp_dir, sub), exist_ok=True)
-        save_config(cfg, os.path.join(exp_dir, 'config.yaml'))
     log = Logger(exp_dir, enabled=accelerator.is_main_process)
-    log.info(f'exp dir: {exp_dir}; {world} process(es) on {device}, mixed precision: {accelerator.mixed_precision}')
-    set_seed(cfg['seed'])               # every process builds the same initial weights
+    log.info(f'exp dir: {exp_dir}; {world} process(es) on {accelerator.device}, '
+             f'mixed precision: {accelerator.mixed_precision}')
 
     # ---------------------------------------------------------------- data, model, EMA, optimizer
+    set_seed(cfg['seed'])               # every process builds the same initial weights
     loader, n_images = make_loader(cfg, accelerator, batch)
     log.info(f"data: {dc['name']} ({n_images} images), {'on the device' if dc['on_gpu'] else 'DataLoader'}; "
              f"batch {tc['batch_size']} = {world} x {batch}"
              + (f" in micro-batches of {tc['micro_batch']}" if 0 < tc['micro_batch'] < batch else ''))
-    diffusion = DDPM.from_config(cfg['diffusion'])
+    diffusion = from_config(cfg['diffusion'])
     state = build_state(cfg, accelerator, loader)
     if rank:
         set_seed(cfg['seed'] + rank)    # the global RNGs (dropout) differ per process
@@ -177,35 +160,19 @@ def main():
 
     # ---------------------------------------------------------------- train
     state.model.train()
-    loss_sum = torch.zeros((), device=device)      # summed on the device, read at print_freq only
-    nonfinite = torch.zeros((), device=device)     # 1 once a loss or gradient norm was inf/nan; read before saves
-    t_last, step_last = time.time(), state.step
+    window = Window(accelerator, state.step, tc['batch_size'], ckpt_root)
     pbar = log.progress(total=tc['n_steps'], initial=state.step)
     stopping = False
     while state.step < tc['n_steps']:
         x = next(loader).contiguous(memory_format=memory_format)
-        loss, grad_norm = train_step(state, diffusion, accelerator, x, tc['grad_clip'], tc['micro_batch'])
-        loss_sum += loss
-        finite = torch.isfinite(loss) if accelerator.scaler is not None else torch.isfinite(loss) & torch.isfinite(
-            grad_norm)                             # fp16: the loss scaler skips steps with inf gradients by design
-        nonfinite = torch.maximum(nonfinite, (~finite).float())
-        step = state.step
+        window.add(*train_step(state, diffusion, accelerator, x, tc['grad_clip'], tc['micro_batch']))
+        step, last = state.step, state.step == tc['n_steps']
         pbar.update(1)
-        last = step == tc['n_steps']
         if step % tc['print_freq'] == 0 or last:
-            check_finite(accelerator, nonfinite, step, ckpt_root)
-            dt, n = time.time() - t_last, step - step_last
-            stats = {'loss': (accelerator.reduce(loss_sum, 'mean') / n).item(), 'grad_norm': float(grad_norm),
-                     'lr': state.scheduler.get_last_lr()[0], 'steps_per_s': n / dt,
-                     'images_per_s': n * tc['batch_size'] / dt}
-            if device.type == 'cuda':
-                stats['max_mem_gib'] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-            log.scalars(stats, step)
-            loss_sum.zero_()
-            t_last, step_last = time.time(), step
+            log.scalars(window.stats(step, state.scheduler.get_last_lr()[0]), step)
         stopping = stop.agreed(step, last)
         if step % tc['save_freq'] == 0 or last or stopping:
-            check_finite(accelerator, nonfinite, step, ckpt_root)
+            window.check_finite(step)
             log.info(f'saved checkpoint {state.save(ckpt_root, tc["keep_ckpts"])}')
         if stopping:
             log.info(f'stopped by a signal at step {step}; resume with --train.resume latest -e {exp_dir}')
@@ -222,22 +189,48 @@ def main():
         sys.exit(128 + stop.signum)
 
 
-def run_folder(exp_dir, resume, world):
-    """(EXP_DIR, the checkpoint folder to resume from or None), from -e and train.resume.
+def make_accelerator(tc):
+    """The Accelerator of the run and the per-process batch; one-line errors for settings it cannot run.
+
+    cpu=True on a machine without CUDA lets `accelerate launch --multi_gpu --num_processes N` run N gloo processes.
+    """
+    mixed_precision = {False: 'no'}.get(tc['mixed_precision'], tc['mixed_precision'])  # YAML reads `no` as false
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    world = accelerator.num_processes
+    if tc['bf16_weights'] and accelerator.mixed_precision != 'bf16':
+        raise UserError(f"train.bf16_weights needs bf16 mixed precision, but this run has "
+                        f"{accelerator.mixed_precision!r}; pass --train.mixed_precision bf16 (or accelerate launch "
+                        f"--mixed_precision bf16), or --train.bf16_weights false")
+    if tc['batch_size'] % world:
+        raise UserError(f"train.batch_size {tc['batch_size']} does not divide over {world} processes; "
+                        f"use a multiple of {world}")
+    batch = tc['batch_size'] // world
+    if batch % (tc['micro_batch'] or batch):
+        raise UserError(f"train.micro_batch {tc['micro_batch']} does not divide the per-process batch {batch}")
+    return accelerator, batch
+
+
+def run_folder(exp_dir, cfg, accelerator):
+    """(EXP_DIR, the checkpoint folder to resume from or None), from -e and train.resume; the main process makes
+    EXP_DIR's folders and writes the run's resolved config.yaml.
 
     A fresh run into a folder that already holds checkpoints is refused; without -e the folder is
     runs/exp-<time> (process 0's name for all)."""
-    resume_dir = None
+    resume, resume_dir = cfg['train']['resume'], None
     if resume is not None:
         if exp_dir is None and resume != 'latest':           # EXP_DIR/ckpt/stepN -> EXP_DIR
             exp_dir = os.path.dirname(os.path.dirname(os.path.abspath(resume)))
         resume_dir = ckpt.resolve(resume, exp_dir)
     if exp_dir is None:
         exp_dir = os.path.join('runs', time.strftime('exp-%Y-%m-%d-%H-%M-%S'))
-        exp_dir = broadcast_object_list([exp_dir])[0] if world > 1 else exp_dir
+        exp_dir = broadcast_object_list([exp_dir])[0] if accelerator.num_processes > 1 else exp_dir
     if resume_dir is None and os.path.isfile(os.path.join(exp_dir, 'ckpt', 'latest')):
         raise UserError(f"{exp_dir} already holds checkpoints; continue it with --train.resume latest, "
                         f"or pass another -e EXP_DIR")
+    if accelerator.is_main_process:
+        for sub in ('ckpt', 'samples', 'tensorboard'):
+            os.makedirs(os.path.join(exp_dir, sub), exist_ok=True)
+        save_config(cfg, os.path.join(exp_dir, 'config.yaml'))
     return exp_dir, resume_dir
 
 
@@ -252,12 +245,42 @@ def speed_summary(cfg) -> str:
     return ('train.fast; ' if tc['fast'] else '') + (', '.join(on) or 'plain (eager)')
 
 
-def check_finite(accelerator, nonfinite, step, ckpt_root):
-    """Stop, before any save, if a loss or (without an fp16 loss scaler) a gradient norm was not finite."""
-    if accelerator.reduce(nonfinite, 'max').item() > 0:
-        raise UserError(f'the loss or the gradients became non-finite before step {step}; stopped without saving. '
-                        f'The last good checkpoint in {ckpt_root} is untouched: lower train.lr or try '
-                        f'train.mixed_precision no')
+class Window:
+    """The loss and its finiteness, summed on the device between logging steps: no host sync per step."""
+
+    def __init__(self, accelerator, step, batch_size, ckpt_root):
+        self.accelerator, self.batch_size, self.ckpt_root = accelerator, batch_size, ckpt_root
+        self.loss_sum = torch.zeros((), device=accelerator.device)
+        self.nonfinite = torch.zeros((), device=accelerator.device)     # 1 once a loss or gradient norm was inf/nan
+        self.t, self.step, self.grad_norm = time.time(), step, None
+
+    def add(self, loss, grad_norm):
+        self.loss_sum += loss
+        finite = torch.isfinite(loss)
+        if self.accelerator.scaler is None:          # fp16: the loss scaler skips steps with inf gradients by design
+            finite = finite & torch.isfinite(grad_norm)
+        self.nonfinite = torch.maximum(self.nonfinite, (~finite).float())
+        self.grad_norm = grad_norm
+
+    def check_finite(self, step):
+        """Stop, before any save, if a loss or (without an fp16 loss scaler) a gradient norm was not finite."""
+        if self.accelerator.reduce(self.nonfinite, 'max').item() > 0:
+            raise UserError(f'the loss or the gradients became non-finite before step {step}; stopped without '
+                            f'saving. The last good checkpoint in {self.ckpt_root} is untouched: lower train.lr or '
+                            f'try train.mixed_precision no')
+
+    def stats(self, step, lr) -> dict:
+        """The window's mean loss (over processes), last gradient norm, lr and speed; starts the next window."""
+        self.check_finite(step)
+        dt, n = time.time() - self.t, step - self.step
+        stats = {'loss': (self.accelerator.reduce(self.loss_sum, 'mean') / n).item(),
+                 'grad_norm': float(self.grad_norm), 'lr': lr, 'steps_per_s': n / dt,
+                 'images_per_s': n * self.batch_size / dt}
+        if self.accelerator.device.type == 'cuda':
+            stats['max_mem_gib'] = torch.cuda.max_memory_allocated(self.accelerator.device) / 2 ** 30
+        self.loss_sum.zero_()
+        self.t, self.step = time.time(), step
+        return stats
 
 
 class StopSignal:
@@ -327,7 +350,7 @@ def prepare_fid(accelerator, cfg) -> dict:
     from utils.fid import cached_reference, check_weights, load_stats
     tc = cfg['train']
     try:
-        diffusion = DDPM.from_config(cfg['diffusion'], skip_type='uniform', skip_steps=tc['fid_steps'])
+        diffusion = from_config(cfg['diffusion'], skip_type='uniform', skip_steps=tc['fid_steps'])
         sampler = make_sampler(tc['fid_sampler'], diffusion)
     except UserError as e:
         raise UserError(f'train.fid_steps / train.fid_sampler: {e}') from None

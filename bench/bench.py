@@ -41,7 +41,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from diffusions import DDPM  # noqa: E402
+from diffusions import from_config  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
@@ -117,7 +117,7 @@ def time_sampling(cfg, mode, batch, steps, device):
     torch._dynamo.reset()                              # each mode compiles afresh
     model = build_model(cfg['model']).to(device).eval().requires_grad_(False)
     net = model if tune is None else compile_for_sampling(model, 'reduce-overhead', tune=tune)
-    diffusion = DDPM.from_config(cfg['diffusion'])
+    diffusion = from_config(cfg['diffusion'])
     shape = (batch, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
     x = torch.randn(shape, device=device)
     g = torch.Generator(device).manual_seed(0)
@@ -162,7 +162,7 @@ def sampling_agreement(cfg, step_dir, device, n=256, steps=50):
     from utils.images import quantize_uint8
     model = build_model(cfg['model']).to(device).eval()
     model.load_state_dict(load_model_weights(step_dir, use_ema=True))
-    sampler = make_sampler('ddim', DDPM.from_config(cfg['diffusion'], skip_type='uniform', skip_steps=steps))
+    sampler = make_sampler('ddim', from_config(cfg['diffusion'], skip_type='uniform', skip_steps=steps))
     shape = (n, cfg['data']['img_channels'], cfg['data']['img_size'], cfg['data']['img_size'])
     noise = torch.randn(shape, generator=torch.Generator(device).manual_seed(0), device=device)
     to255 = lambda x: quantize_uint8(x).float()      # the 8-bit pixels a PNG would hold

@@ -15,7 +15,7 @@ from bench import ROOT, load_config, model_gflops_per_image  # noqa: E402
 
 
 def main():
-    for path in sorted(glob.glob(os.path.join(ROOT, 'configs', '*.yaml'))):
+    for path in sorted(glob.glob(os.path.join(ROOT, 'configs', 'ddpm_*.yaml'))):
         ops = model_gflops_per_image(load_config(path), 'cpu', by_op=True)
         parts = ', '.join(f'{op} {g:.3f}' for op, g in sorted(ops.items(), key=lambda kv: -kv[1]))
         print(f'{os.path.basename(path):24s} {sum(ops.values()):8.3f} GFLOP per image: {parts}')

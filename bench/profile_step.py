@@ -27,7 +27,7 @@ from accelerate import Accelerator  # noqa: E402
 
 import train_ddpm  # noqa: E402
 from datasets import DeviceLoader  # noqa: E402
-from diffusions import DDPM  # noqa: E402
+from diffusions import from_config  # noqa: E402
 from models import build_model  # noqa: E402
 from models.fast import compile_for_sampling  # noqa: E402
 from utils.config import parse_args  # noqa: E402
@@ -78,7 +78,7 @@ def main():
     accelerator = Accelerator(mixed_precision=mp if args.what == 'train' else 'no' if args.plain else 'bf16',
                               cpu=not torch.cuda.is_available())
     device = accelerator.device
-    diffusion = DDPM.from_config(cfg['diffusion'])
+    diffusion = from_config(cfg['diffusion'])
     gen = torch.Generator(device).manual_seed(0)
     if args.what == 'train':
         images = torch.randint(0, 256, (10000, dc['img_channels'], dc['img_size'], dc['img_size']), dtype=torch.uint8)

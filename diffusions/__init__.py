@@ -1,6 +1,9 @@
-"""Diffusion math: schedules, the DDPM tables, forward/reverse processes and samplers."""
+"""Diffusion math: schedules, the DDPM tables, forward/reverse processes and samplers (knows nothing of data).
+
+config.py is the edge: config dicts and names in, math objects out, bad values as one-line UserErrors.
+"""
 from .schedules import make_betas, skip_sequence, respace_betas, BETA_SCHEDULES, SKIP_TYPES
 from .ddpm import DDPM, OBJECTIVES, VAR_TYPES
 from .ddim import DDIM
 from .dpm_solver import DPMSolverPP
-from .samplers import SAMPLERS, make_sampler
+from .config import SAMPLERS, from_config, make_sampler

@@ -16,7 +16,6 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from utils.errors import UserError
 from .ddpm import DDPM, Model, Sampler
 
 
@@ -24,13 +23,13 @@ class DDIM(Sampler):
     """DDIM sampler sharing the coefficient table of `ddpm` (its objective, clipping and timesteps).
 
     Args:
-        ddpm: a DDPM, usually respaced with `DDPM.from_config(..., skip_type, skip_steps)`.
+        ddpm: a DDPM, usually respaced with `from_config(..., skip_type=, skip_steps=)`.
         eta: the noise scale η ≥ 0 (0: deterministic, 1: ≈ DDPM with fixed_small variance).
     """
 
     def __init__(self, ddpm: DDPM, eta: float = 0.0):
         if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not math.isfinite(eta) or eta < 0:
-            raise UserError(f"DDIM eta must be a number >= 0 (0: deterministic, 1: like DDPM), got {eta!r}")
+            raise ValueError(f"DDIM eta must be a number >= 0 (0: deterministic, 1: like DDPM), got {eta!r}")
         self.ddpm, self.eta = ddpm, float(eta)
         self.num_steps = ddpm.num_steps
         abar = ddpm.table['alphas_cumprod']                   # (S,) float64

@@ -10,8 +10,6 @@ from typing import Callable, Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
-from utils.errors import UserError
-from .schedules import make_betas, respace_betas, skip_sequence
 
 OBJECTIVES = ('pred_eps', 'pred_x0', 'pred_v')
 VAR_TYPES = ('fixed_large', 'fixed_small')
@@ -58,9 +56,9 @@ class DDPM(Sampler):
     def __init__(self, betas: Tensor, objective: str = 'pred_eps', var_type: str = 'fixed_large',
                  clip_denoised: bool = True, timesteps: Optional[Tensor] = None):
         if objective not in OBJECTIVES:
-            raise UserError(f"unknown diffusion.objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+            raise ValueError(f"unknown diffusion.objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if var_type not in VAR_TYPES:
-            raise UserError(f"unknown var_type {var_type!r}; choose one of {', '.join(VAR_TYPES)}")
+            raise ValueError(f"unknown var_type {var_type!r}; choose one of {', '.join(VAR_TYPES)}")
         betas = betas.to(torch.float64)
         self.objective, self.var_type, self.clip_denoised = objective, var_type, clip_denoised
         self.num_steps = len(betas)
@@ -95,19 +93,6 @@ class DDPM(Sampler):
         self.table = table
         self._device_tables = {}
         self._device_timesteps = {}
-
-    @classmethod
-    def from_config(cls, cfg: dict, var_type: Optional[str] = None, skip_type: Optional[str] = None,
-                    skip_steps: Optional[int] = None) -> 'DDPM':
-        """Build from the config's `diffusion` block; `skip_type`/`skip_steps` respace the chain."""
-        betas = make_betas(cfg['beta_schedule'], cfg['total_steps'], cfg['beta_start'], cfg['beta_end'])
-        timesteps = None
-        if skip_type is not None:
-            abar = torch.cumprod(1 - betas, 0)
-            timesteps = skip_sequence(skip_type, skip_steps, len(betas))
-            betas = respace_betas(abar, timesteps)
-        return cls(betas, objective=cfg['objective'], var_type=var_type or cfg['var_type'],
-                   clip_denoised=cfg.get('clip_denoised', True), timesteps=timesteps)
 
     # ---------------------------------------------------------------- table lookup
     def _tables_on(self, device: torch.device, dtype: torch.dtype) -> dict:

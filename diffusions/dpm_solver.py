@@ -27,7 +27,7 @@ class DPMSolverPP(Sampler):
     """DPM-Solver++(2M) sharing the coefficient table of `ddpm` (its objective, clipping and timesteps).
 
     Args:
-        ddpm: a DDPM, usually respaced with `DDPM.from_config(..., skip_type, skip_steps)`; 10–20 steps
+        ddpm: a DDPM, usually respaced with `from_config(..., skip_type=, skip_steps=)`; 10–20 steps
             is the solver's intended range.
     """
 

@@ -7,7 +7,6 @@ import math
 
 import torch
 
-from utils.errors import UserError
 
 BETA_SCHEDULES = ('linear', 'quad', 'const', 'cosine', 'sigmoid')
 SKIP_TYPES = ('uniform', 'uniform2', 'quad')
@@ -30,7 +29,7 @@ def make_betas(schedule: str, total_steps: int, beta_start: float = 1e-4, beta_e
     """
     T = total_steps
     if not isinstance(T, int) or T < 1:
-        raise UserError(f"diffusion.total_steps must be a positive integer, got {T!r}")
+        raise ValueError(f"diffusion.total_steps must be a positive integer, got {T!r}")
     f64 = torch.float64
     if schedule == 'linear':
         return torch.linspace(beta_start, beta_end, T, dtype=f64)
@@ -44,7 +43,7 @@ def make_betas(schedule: str, total_steps: int, beta_start: float = 1e-4, beta_e
         return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
     if schedule == 'sigmoid':
         return torch.sigmoid(torch.linspace(-6, 6, T, dtype=f64)) * (beta_end - beta_start) + beta_start
-    raise UserError(f"unknown diffusion.beta_schedule {schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
+    raise ValueError(f"unknown diffusion.beta_schedule {schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
 
 
 def skip_sequence(skip_type: str, skip_steps: int, total_steps: int) -> torch.Tensor:
@@ -57,7 +56,7 @@ def skip_sequence(skip_type: str, skip_steps: int, total_steps: int) -> torch.Te
     """
     T, S = total_steps, skip_steps
     if not isinstance(S, int) or isinstance(S, bool) or not 1 <= S <= T:
-        raise UserError(f"skip_steps must be an integer in [1, {T}] (the diffusion's total_steps), got {S!r}")
+        raise ValueError(f"skip_steps must be an integer in [1, {T}] (the diffusion's total_steps), got {S!r}")
     if skip_type == 'uniform':
         seq = torch.arange(S, dtype=torch.int64) * (T // S)
     elif skip_type == 'uniform2':
@@ -67,9 +66,9 @@ def skip_sequence(skip_type: str, skip_steps: int, total_steps: int) -> torch.Te
         for k in range(1, S):
             seq[k] = max(seq[k], seq[k - 1] + 1)
     else:
-        raise UserError(f"unknown skip_type {skip_type!r}; choose one of {', '.join(SKIP_TYPES)}")
+        raise ValueError(f"unknown skip_type {skip_type!r}; choose one of {', '.join(SKIP_TYPES)}")
     if len(torch.unique(seq)) != S or seq[-1] >= T:
-        raise UserError(f"skip_type {skip_type!r} cannot place {S} distinct steps in T={T}; "
+        raise ValueError(f"skip_type {skip_type!r} cannot place {S} distinct steps in T={T}; "
                         f"use fewer skip_steps or skip_type uniform")
     return seq
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusions import DDPM, make_betas, respace_betas, skip_sequence
+from diffusions import DDPM, from_config, make_betas, respace_betas, skip_sequence
 from utils.errors import UserError
 
 T = 1000
@@ -41,7 +41,7 @@ def test_cosine_matches_nichol_dhariwal_alpha_bar():
 
 
 def test_tables_against_paper_equations():
-    d = DDPM.from_config(LINEAR)
+    d = from_config(LINEAR)
     betas = np.linspace(1e-4, 0.02, T)
     alphas = 1 - betas
     abar = np.cumprod(alphas)
@@ -61,7 +61,7 @@ def test_tables_against_paper_equations():
 
 def test_posterior_is_bayes_rule():
     """q(x_{t-1} | x_t, x0) from Gaussian conjugacy: prior N(√ᾱ_{t-1} x0, 1-ᾱ_{t-1}), likelihood N(√α_t x_{t-1}, β_t)."""
-    d = DDPM.from_config(LINEAR)
+    d = from_config(LINEAR)
     x0, xt = f64([[0.3], [-0.7], [0.9]]), f64([[1.1], [0.2], [-2.0]])
     i = torch.tensor([1, 500, 999])
     b = d.table['betas'][i].unsqueeze(1)
@@ -81,30 +81,30 @@ def test_skip_sequences_match_reference_definitions():
     q = skip_sequence('quad', 100, T)
     assert len(q) == 100 and (q[1:] > q[:-1]).all() and q[-1] == 800
     for bad in (0, T + 1):
-        with pytest.raises(UserError, match='skip_steps must be an integer in'):
+        with pytest.raises(ValueError, match='skip_steps must be an integer in'):
             skip_sequence('uniform', bad, T)
-    with pytest.raises(UserError, match='unknown skip_type'):
+    with pytest.raises(ValueError, match='unknown skip_type'):
         skip_sequence('every', 10, T)
 
 
 @pytest.mark.parametrize('skip_type', ['uniform', 'uniform2', 'quad'])
 def test_respaced_chain_keeps_marginals(skip_type):
-    full = DDPM.from_config(LINEAR)
-    d = DDPM.from_config(LINEAR, skip_type=skip_type, skip_steps=50)
+    full = from_config(LINEAR)
+    d = from_config(LINEAR, skip_type=skip_type, skip_steps=50)
     assert d.num_steps == 50
     torch.testing.assert_close(d.table['alphas_cumprod'], full.table['alphas_cumprod'][d.timesteps], rtol=1e-12, atol=0)
     # respacing every step is the identity
     same = respace_betas(full.table['alphas_cumprod'], torch.arange(T))
     torch.testing.assert_close(same, full.table['betas'], rtol=1e-9, atol=0)
     # fixed_small of the respaced chain is its own posterior variance, fixed_large its respaced betas
-    small = DDPM.from_config(LINEAR, var_type='fixed_small', skip_type=skip_type, skip_steps=50)
+    small = from_config(LINEAR, var_type='fixed_small', skip_type=skip_type, skip_steps=50)
     torch.testing.assert_close(small.table['sigmas'][1:] ** 2, small.table['posterior_variance'][1:], rtol=1e-10, atol=0)
     torch.testing.assert_close(d.table['sigmas'][1:] ** 2, d.table['betas'][1:], rtol=1e-10, atol=0)
     assert d.table['sigmas'][0] == 0 and small.table['sigmas'][0] == 0
 
 
 def test_q_sample_statistics():
-    d = DDPM.from_config(LINEAR)
+    d = from_config(LINEAR)
     g = torch.Generator().manual_seed(0)
     n = 200_000
     x0 = torch.full((n, 1), 0.5, dtype=torch.float64)
@@ -119,7 +119,7 @@ def test_q_sample_statistics():
 
 @pytest.mark.parametrize('objective', ['pred_eps', 'pred_x0', 'pred_v'])
 def test_loss_is_zero_for_the_true_target_and_inverses_agree(objective):
-    d = DDPM.from_config(dict(LINEAR, objective=objective))
+    d = from_config(dict(LINEAR, objective=objective))
     g = torch.Generator().manual_seed(1)
     x0 = torch.rand(8, 3, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
     noise = torch.randn(8, 3, 4, 4, generator=g, dtype=torch.float64)
@@ -135,7 +135,7 @@ def test_loss_is_zero_for_the_true_target_and_inverses_agree(objective):
 
 
 def test_model_receives_original_timesteps_when_respaced():
-    d = DDPM.from_config(LINEAR, skip_type='uniform', skip_steps=10)
+    d = from_config(LINEAR, skip_type='uniform', skip_steps=10)
     seen = []
     d.sample(lambda x, t: seen.append(t.tolist()) or torch.zeros_like(x), torch.zeros(2, 1, 2, 2, dtype=torch.float64))
     assert [s[0] for s in seen] == list(range(900, -1, -100)) and all(s[0] == s[1] for s in seen)
@@ -143,7 +143,7 @@ def test_model_receives_original_timesteps_when_respaced():
 
 def test_p_sample_with_oracle_x0_is_the_posterior():
     """Given the true x0, a reverse step is exactly q(x_{t-1} | x_t, x0): check mean and std over draws."""
-    d = DDPM.from_config(dict(LINEAR, objective='pred_x0', var_type='fixed_small'))
+    d = from_config(dict(LINEAR, objective='pred_x0', var_type='fixed_small'))
     n, step = 100_000, 400
     x0 = torch.full((n, 1), 0.25, dtype=torch.float64)
     x_t = torch.full((n, 1), -0.5, dtype=torch.float64)
@@ -160,7 +160,7 @@ def test_p_sample_with_oracle_x0_is_the_posterior():
 
 
 def test_sample_loop_yields_every_step_and_is_seeded():
-    d = DDPM.from_config(LINEAR, skip_type='uniform', skip_steps=20)
+    d = from_config(LINEAR, skip_type='uniform', skip_steps=20)
     model = lambda x, t: 0.1 * x
     xT = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     steps = list(d.sample_loop(model, xT, torch.Generator().manual_seed(3)))
@@ -170,15 +170,20 @@ def test_sample_loop_yields_every_step_and_is_seeded():
 
 
 def test_clip_denoised_clips_x0():
-    d = DDPM.from_config(dict(LINEAR, objective='pred_x0', clip_denoised=True))
+    d = from_config(dict(LINEAR, objective='pred_x0', clip_denoised=True))
     _, x0 = d.p_sample(lambda x, t: torch.full_like(x, 3.0), torch.zeros(1, 1, 2, 2), 10)
     assert x0.max().item() == 1.0
 
 
 def test_bad_names_are_one_line_errors():
+    # the math raises ValueError; the edge (diffusions/config.py) turns it into the scripts' one-line UserError
     with pytest.raises(UserError, match="unknown diffusion.beta_schedule 'cosin'; choose one of linear"):
-        DDPM.from_config(dict(LINEAR, beta_schedule='cosin'))
+        from_config(dict(LINEAR, beta_schedule='cosin'))
     with pytest.raises(UserError, match="unknown diffusion.objective"):
-        DDPM.from_config(dict(LINEAR, objective='eps'))
+        from_config(dict(LINEAR, objective='eps'))
     with pytest.raises(UserError, match="unknown var_type 'large'"):
-        DDPM.from_config(LINEAR, var_type='large')
+        from_config(LINEAR, var_type='large')
+    with pytest.raises(UserError, match="skip_steps must be an integer in"):
+        from_config(LINEAR, skip_type='uniform', skip_steps=0)
+    with pytest.raises(ValueError, match="unknown var_type 'large'"):
+        DDPM(make_betas('linear', 10), var_type='large')

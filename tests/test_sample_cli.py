@@ -11,7 +11,7 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 
 import sample_ddpm
-from diffusions import DDPM, make_sampler
+from diffusions import from_config, make_sampler
 from models import build_model
 from utils import images
 from utils.config import apply_overrides, load_config
@@ -131,7 +131,7 @@ def test_load_ema_and_sampler_flags_mean_what_they_say(run, ckpt_dir, tmp_path, 
     run(cli(ckpt_dir, tmp_path, '--load_ema', load_ema, '--sampler', sampler, *skip, n=3, mb=3))
     cfg = tiny_cfg()
     opt = dict(zip(skip[::2], skip[1::2]))
-    ddpm = DDPM.from_config(cfg['diffusion'], var_type=opt.get('--var_type'), skip_type=opt.get('--skip_type', 'uniform'),
+    ddpm = from_config(cfg['diffusion'], var_type=opt.get('--var_type'), skip_type=opt.get('--skip_type', 'uniform'),
                             skip_steps=int(opt['--skip_steps']))
     got = np.stack([read(tmp_path, n) for n in pngs(tmp_path)])
 

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from diffusions import DDIM, DDPM, DPMSolverPP, make_sampler
+from diffusions import DDIM, DPMSolverPP, from_config, make_sampler
 from utils.errors import UserError
 
 T = 1000
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 def gaussian_model(cfg, objective, mu=MU, s=S_DATA):
     """The optimal network for x0 ~ N(mu, s²), indexed by original timesteps t (B,) of the full schedule."""
-    abar_full = DDPM.from_config(cfg).table['alphas_cumprod']
+    abar_full = from_config(cfg).table['alphas_cumprod']
 
     def model(x, t):
         a = abar_full[t].reshape(-1, *[1] * (x.dim() - 1)).to(x.dtype)
@@ -80,7 +80,7 @@ CASES = [
                               f'{c[2] or "full"}{c[3]}-{c[5]}' for c in CASES])
 def test_sampler_recovers_gaussian_data(name, var_type, skip_type, steps, eta, objective, bias):
     cfg = dict(COSINE, objective=objective)
-    ddpm = DDPM.from_config(cfg, var_type=var_type, skip_type=skip_type, skip_steps=steps if skip_type else None)
+    ddpm = from_config(cfg, var_type=var_type, skip_type=skip_type, skip_steps=steps if skip_type else None)
     assert ddpm.num_steps == steps
     sampler = make_sampler(name, ddpm, eta)
     g = torch.Generator().manual_seed(123)
@@ -101,7 +101,7 @@ def test_sampler_order_of_accuracy():
     cfg = dict(COSINE, beta_schedule='linear')
 
     def slope_error(name, steps):
-        d = DDPM.from_config(cfg, skip_type='quad', skip_steps=steps)
+        d = from_config(cfg, skip_type='quad', skip_steps=steps)
         out = make_sampler(name, d).sample(gaussian_model(cfg, 'pred_eps', s=s), torch.tensor([[0.], [1.]], dtype=torch.float64))
         a_top, a0 = d.table['alphas_cumprod'][-1].item(), d.table['alphas_cumprod'][0].item()
         exact = math.sqrt(a0) * s * s / math.sqrt(a0 * s * s + 1 - a0) / math.sqrt(a_top * s * s + 1 - a_top)
@@ -117,7 +117,7 @@ def test_sampler_order_of_accuracy():
 
 
 def test_ddim_eta0_and_dpm_solver_are_deterministic():
-    d = DDPM.from_config(dict(COSINE, clip_denoised=True), skip_type='uniform', skip_steps=10)
+    d = from_config(dict(COSINE, clip_denoised=True), skip_type='uniform', skip_steps=10)
     model = lambda x, t: torch.tanh(x) * (t.to(x.dtype).reshape(-1, 1, 1, 1) / T)
     x_T = torch.randn(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for sampler in (DDIM(d, 0.0), DPMSolverPP(d)):
@@ -139,7 +139,7 @@ def test_ddim_eta0_and_dpm_solver_are_deterministic():
 def test_ddim_eta1_is_ddpm_fixed_small(clip):
     """η = 1 gives σ² = β̃ and the DDPM posterior mean: the same chain as DDPM fixed_small, draw for draw."""
     cfg = dict(COSINE, objective='pred_v', clip_denoised=clip)
-    d = DDPM.from_config(cfg, var_type='fixed_small', skip_type='uniform2', skip_steps=25)
+    d = from_config(cfg, var_type='fixed_small', skip_type='uniform2', skip_steps=25)
     model = lambda x, t: 0.5 * torch.sin(3 * x) + (t.to(x.dtype).reshape(-1, 1, 1, 1) / T)
     x_T = torch.randn(4, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     ddim = list(DDIM(d, 1.0).sample_loop(model, x_T, torch.Generator().manual_seed(5)))
@@ -151,7 +151,7 @@ def test_ddim_eta1_is_ddpm_fixed_small(clip):
 
 @pytest.mark.parametrize('name', ['ddim', 'dpm_solver++'])
 def test_fast_samplers_pass_original_timesteps(name):
-    d = DDPM.from_config(COSINE, skip_type='uniform', skip_steps=10)
+    d = from_config(COSINE, skip_type='uniform', skip_steps=10)
     seen = []
     make_sampler(name, d).sample(lambda x, t: seen.append(t.tolist()) or torch.zeros_like(x),
                                  torch.zeros(2, 1, 2, 2, dtype=torch.float64))
@@ -159,7 +159,7 @@ def test_fast_samplers_pass_original_timesteps(name):
 
 
 def test_one_step_chains_return_the_prediction():
-    d = DDPM.from_config(dict(COSINE, objective='pred_x0'), skip_type='uniform', skip_steps=1)
+    d = from_config(dict(COSINE, objective='pred_x0'), skip_type='uniform', skip_steps=1)
     x_T = torch.randn(2, 1, 2, 2, dtype=torch.float64)
     for name in ('ddpm', 'ddim', 'dpm_solver++'):
         out = make_sampler(name, d).sample(lambda x, t: torch.full_like(x, 0.25), x_T, torch.Generator().manual_seed(0))
@@ -167,7 +167,7 @@ def test_one_step_chains_return_the_prediction():
 
 
 def test_bad_sampler_settings_are_one_line_errors():
-    d = DDPM.from_config(COSINE, skip_type='uniform', skip_steps=10)
+    d = from_config(COSINE, skip_type='uniform', skip_steps=10)
     with pytest.raises(UserError, match="unknown sampler 'plms'; choose one of ddpm, ddim, dpm_solver\\+\\+"):
         make_sampler('plms', d)
     for bad in (-0.1, float('nan')):

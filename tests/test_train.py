@@ -405,3 +405,23 @@ def test_flat_params_train_the_same_and_checkpoints_cross_settings(tmp_path, ima
     assert any(not torch.equal(moved[k], v) for k, v in load(ck['flat'], 'model.pt').items())
     state = load(ck['flat'], 'optimizer.pt')['state']
     assert len(state) == len(load(ck['flat'], 'model.pt')) and all(s['step'].item() == 4 for s in state.values())
+
+
+def test_train_fast_fills_the_speed_switches_and_explicit_ones_win():
+    """train.fast true gives every speed switch left null its fast value, false its plain one; a switch set in the
+    config or on the command line keeps its value (ablations); nonsense is one line before anything runs."""
+    import train_ddpm
+    from utils.config import apply_overrides, load_config
+    from utils.errors import UserError
+    cfg = load_config(os.path.join(ROOT, 'configs', 'ddpm_cifar10.yaml'))
+    plain = train_ddpm.resolve_speed(apply_overrides(cfg, []))
+    assert {k: plain[k.split('.')[0]][k.split('.')[1]] for k in train_ddpm.PLAIN} == train_ddpm.PLAIN
+    fast = train_ddpm.resolve_speed(apply_overrides(cfg, ['--train.fast', 'true', '--train.flat_params', 'false']))
+    expect = dict(train_ddpm.FAST, **{'train.flat_params': False})
+    assert {k: fast[k.split('.')[0]][k.split('.')[1]] for k in expect} == expect
+    train_ddpm.check_config(fast)
+    for over, words in ((['--train.fast', '1'], "config key 'train.fast' expects bool"),
+                        (['--train.compile', 'sometimes'], 'train.compile must be true or false'),
+                        (['--train.compile_mode', 'turbo'], 'train.compile_mode must be one of default')):
+        with pytest.raises(UserError, match=words):
+            train_ddpm.check_config(train_ddpm.resolve_speed(apply_overrides(cfg, over)))

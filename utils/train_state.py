@@ -130,14 +130,14 @@ def train_step(state: TrainState, diffusion, accelerator, x, grad_clip: float, m
     if not x.is_contiguous():                # channels_last data (train.channels_last): noise laid out alike
         noise = noise.contiguous(memory_format=torch.channels_last)
     micro = micro_batch or B
-    n_micro = B // micro
+    n_micro, loss_sum = B // micro, None
     for k in range(n_micro):
         part = slice(k * micro, (k + 1) * micro)
         sync = accelerator.no_sync(state.model) if k < n_micro - 1 else contextlib.nullcontext()  # DDP: last only
         with sync, accelerator.autocast():
             loss = diffusion.training_loss(state.model, x[part], t[part], noise[part]) / n_micro
         accelerator.backward(loss)
-        loss_sum = loss.detach() if k == 0 else loss_sum + loss.detach()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     state.weights.grads_to_params()          # speed layer: bf16 / flat gradients -> the optimizer's (no-op otherwise)
     grad_norm = accelerator.clip_grad_norm_(state.weights.params, grad_clip)
     state.optimizer.step()

@@ -1,0 +1,58 @@
+"""The edge of diffusions/: a config's `diffusion` block and the command line's names -> the math objects.
+
+    diffusion = from_config(cfg['diffusion'], skip_type='uniform', skip_steps=50)
+    sampler = make_sampler('ddim', diffusion, eta=0.0)
+
+The math modules raise ValueError on impossible values; here they become one-line UserErrors for the scripts.
+Every sampler has `sample_loop(model, x_T, generator)` yielding (x, x̂0) per step, and `sample(...)`:
+
+    ddpm          DDPM ancestral sampling (Ho et al. 2020), fixed_large or fixed_small variance
+    ddim          DDIM (Song et al. 2021), η = 0 deterministic, η = 1 ≈ DDPM with fixed_small
+    dpm_solver++  DPM-Solver++(2M) (Lu et al. 2022), deterministic, for 10–20 steps
+"""
+import contextlib
+from typing import Optional
+
+import torch
+
+from utils.errors import UserError
+from .ddim import DDIM
+from .ddpm import DDPM
+from .dpm_solver import DPMSolverPP
+from .schedules import make_betas, respace_betas, skip_sequence
+
+SAMPLERS = ('ddpm', 'ddim', 'dpm_solver++')
+
+
+@contextlib.contextmanager
+def _one_line():
+    try:
+        yield
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def from_config(cfg: dict, var_type: Optional[str] = None, skip_type: Optional[str] = None,
+                skip_steps: Optional[int] = None) -> DDPM:
+    """The DDPM of a config's `diffusion` block (`var_type` overrides its variance); `skip_type`/`skip_steps`
+    respace the chain to those steps (schedules.skip_sequence)."""
+    with _one_line():
+        betas = make_betas(cfg['beta_schedule'], cfg['total_steps'], cfg['beta_start'], cfg['beta_end'])
+        timesteps = None
+        if skip_type is not None:
+            timesteps = skip_sequence(skip_type, skip_steps, len(betas))
+            betas = respace_betas(torch.cumprod(1 - betas, 0), timesteps)
+        return DDPM(betas, objective=cfg['objective'], var_type=var_type or cfg['var_type'],
+                    clip_denoised=cfg.get('clip_denoised', True), timesteps=timesteps)
+
+
+def make_sampler(name: str, ddpm: DDPM, eta: Optional[float] = None):
+    """The sampler `name` on the (possibly respaced) chain of `ddpm`; `eta` is DDIM's η (default 0)."""
+    with _one_line():
+        if name == 'ddpm':
+            return ddpm
+        if name == 'ddim':
+            return DDIM(ddpm, 0.0 if eta is None else eta)
+        if name == 'dpm_solver++':
+            return DPMSolverPP(ddpm)
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
