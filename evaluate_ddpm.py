@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 
 from utils.config import ArgumentParser
 from utils.errors import UserError, run_main
-from utils.files import IMAGE_EXTS, atomic_write
+from utils.files import IMAGE_EXTS, atomic_write, check_writable
 from utils.fid import (DIMS, FEATURE_EXTRACTOR, LOGITS, NO_LOGITS, cached_reference, check_weights, default_cache_dir,
                        default_device, extract_features, extractor_tag, features_to_stats, fid_from_stats,
                        inception_score, kid_from_features, load_stats, save_stats)
@@ -32,9 +33,18 @@ from utils.images import Uint8Images
 # ----------------------------------------------------------------------------- sample sets
 
 def _image_files_dataset(files, size):
-    """torch-fidelity's lazy file dataset (PIL ``convert('RGB')``: grayscale replicated), with ``.size``."""
+    """torch-fidelity's lazy file dataset (PIL ``convert('RGB')``: grayscale replicated), with ``.size``; a file
+    that cannot be decoded (truncated after a valid header, say) is a one-line UserError naming it."""
     from torch_fidelity.datasets import ImagesPathDataset
-    ds = ImagesPathDataset([str(f) for f in files])
+
+    class ImageFiles(ImagesPathDataset):
+        def __getitem__(self, i):
+            try:
+                return super().__getitem__(i)
+            except (OSError, ValueError, SyntaxError) as e:     # PIL: OSError, UnidentifiedImageError, SyntaxError
+                raise UserError(f"cannot read image '{self.files[i]}' ({' '.join(str(e).split())}); remove or "
+                                f"replace it") from None
+    ds = ImageFiles([str(f) for f in files])
     ds.size = size
     return ds
 
@@ -76,9 +86,9 @@ def load_images(path, what="samples") -> torch.utils.data.Dataset:
                 if not z.files:
                     raise UserError(f"no images found in {what} '{path}': the .npz holds no array")
                 arr = z[next((k for k in ("samples", "arr_0") if k in z.files), z.files[0])]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{what} '{path}' is neither a folder of images nor a readable .npz/.npy of uint8 "
-                        f"images ({' '.join(str(e).split())})") from None
+                        f"images ({type(e).__name__}: {' '.join(str(e).split())})") from None
     x = to_nchw(arr, f"{what} '{path}'")
     if len(x) == 0:
         raise UserError(f"no images found in {what} '{path}': its array is empty")
@@ -127,6 +137,12 @@ def evaluate(samples=None, *, ref_config=None, ref_split="train", ref=None, ref_
     device = torch.device(device) if device is not None else default_device()
     if dims not in DIMS:
         raise UserError(f"--dims must be one of {', '.join(map(str, DIMS))}, got {dims}")
+    for name, value in (("--batch-size", batch_size), ("--kid-subset-size", kid_subset_size),
+                        ("--kid-subsets", kid_subsets), ("--isc-splits", isc_splits)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if save_ref_stats is not None:
+        check_writable(save_ref_stats, "--save-ref-stats")           # before any feature is computed
     check_weights(weights_path)
     need_ref = fid or kid or save_ref_stats is not None
     given = [r for r in (ref_config, ref, ref_stats) if r is not None]
@@ -269,6 +285,8 @@ def main(argv=None):
     state = PartialState()
     if not state.is_main_process:  # under `accelerate launch` one process is enough
         return None
+    if args.out not in (None, "-"):
+        check_writable(args.out, "--out")
     fid = args.fid or not (args.kid or args.isc)
     res = evaluate(args.samples, ref_config=args.ref_config, ref_split=args.ref_split, ref=args.ref,
                    ref_stats=args.ref_stats, fid=fid, kid=args.kid, isc=args.isc,

@@ -33,7 +33,7 @@ from utils import checkpoint as ckpt
 from utils import images
 from utils.config import ArgumentParser, parse_args
 from utils.errors import UserError, run_main
-from utils.files import atomic_write
+from utils.files import atomic_write, check_writable, sha256
 
 MODES = ('sample', 'denoise', 'progressive')
 SETTINGS_FILE = 'sample_args.yaml'      # what the images in SAVE_DIR were made with; checked on a rerun
@@ -68,6 +68,8 @@ def get_parser():
     p.add_argument('--grid', type=int, nargs='?', const=64, default=0, metavar='N',
                    help='also write SAVE_DIR/grid/grid.png of the first N images or rows (N defaults to 64)')
     p.add_argument('--save_npz', action='store_true', help='also write SAVE_DIR/samples.npz (N×H×W×C uint8) for FID tools')
+    p.add_argument('--allow_config_change', action='store_true',
+                   help="sample although the checkpoint was made with another network shape, chain or image size")
     p.add_argument('--fast', action='store_true',
                    help='the recommended setting on a GPU: bf16 autocast, --compile reduce-overhead, --compile_tuning')
     p.add_argument('--compile', nargs='?', const='default', default=None, metavar='MODE',
@@ -128,8 +130,7 @@ def check_args(args):
         raise UserError(f"--eta applies to --sampler ddim only (got --sampler {args.sampler})")
     if args.save_npz and args.mode != 'sample':
         raise UserError(f"--save_npz stores final samples: use it with --mode sample, not {args.mode}")
-    if os.path.exists(args.save_dir) and not os.path.isdir(args.save_dir):
-        raise UserError(f"--save_dir {args.save_dir} is a file; pass a folder (it is created if missing)")
+    check_writable(args.save_dir, '--save_dir', folder=True)
     if args.compile is not None and args.compile not in COMPILE_MODES:
         raise UserError(f"--compile {args.compile}: choose one of {', '.join(COMPILE_MODES)}")
 
@@ -146,8 +147,13 @@ def check_settings(path: str, settings: dict):
     if not isinstance(old, dict):
         raise UserError(f"{path} is not a settings file; delete it or use a new --save_dir")
     for key in settings:
-        if old.get(key) != settings[key]:
-            raise UserError(f"--save_dir holds images made with {key} = {old.get(key)!r}, not {settings[key]!r} "
+        if key == 'weights':                    # where the weights were: their sha256 is what must match
+            continue
+        if key not in old:
+            raise UserError(f"--save_dir holds images whose {key} was not recorded (see {path}: an older version "
+                            f"wrote it); use a new --save_dir")
+        if old[key] != settings[key]:
+            raise UserError(f"--save_dir holds images made with {key} = {old[key]!r}, not {settings[key]!r} "
                             f"(see {path}); use a new --save_dir or the same settings to resume")
 
 
@@ -169,27 +175,33 @@ def main(argv=None):
         raise UserError(f"--n_{args.mode} must be in [1, {S}] (the number of sampling steps), got {n_frames}")
     steps = snapshot_steps(S, n_frames)
     model = build_model(cfg['model'])
+    meta = os.path.join(args.weights, 'meta.pt')
+    notes = ckpt.check_provenance(ckpt.load_file(meta).get('provenance'), ckpt.provenance(cfg), f'checkpoint '
+                                  f'{args.weights}', args.allow_config_change, '--allow_config_change') \
+        if os.path.isfile(meta) else []
     sd = ckpt.load_model_weights(args.weights, use_ema=args.load_ema)
     ckpt.load_state_dict_checked(model, sd, f"weights {args.weights}")
     model.eval().requires_grad_(False)
 
-    settings = dict(weights=os.path.realpath(args.weights), load_ema=args.load_ema, model=cfg['model'],
-                    diffusion=cfg['diffusion'], seed=seed, micro_batch=args.micro_batch, sampler=args.sampler,
-                    eta=args.eta, var_type=diffusion.var_type, skip_type=skip_type, skip_steps=args.skip_steps,
-                    mode=args.mode, n_frames=n_frames)
-    settings_path = os.path.join(args.save_dir, SETTINGS_FILE)
-    check_settings(settings_path, settings)
-
-    # ---------------------------------------------------------------- processes, pending batches
+    # ---------------------------------------------------------------- processes, settings, pending batches
     # N gloo processes on a CPU-only machine; --fast: bf16 autocast (else what accelerate launch/config says)
     accelerator = Accelerator(mixed_precision='bf16' if args.fast else None, cpu=not torch.cuda.is_available())
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    settings = dict(weights=os.path.realpath(args.weights), weights_sha256=sha256(ckpt.weights_file(args.weights,
+                    args.load_ema)), load_ema=args.load_ema, model=cfg['model'], diffusion=cfg['diffusion'],
+                    img_size=cfg['data']['img_size'], precision=accelerator.mixed_precision, compile=args.compile,
+                    seed=seed, micro_batch=args.micro_batch, sampler=args.sampler, eta=args.eta,
+                    var_type=diffusion.var_type, skip_type=skip_type, skip_steps=args.skip_steps, mode=args.mode,
+                    n_frames=n_frames)
+    settings_path = os.path.join(args.save_dir, SETTINGS_FILE)
+    check_settings(settings_path, settings)
+    for line in notes:
+        accelerator.print(line)
     model = model.to(device)                    # unwrapped: no DDP for sampling
     if args.compile:               # every batch has micro_batch images: static shapes, graph-friendly
         model = compile_for_sampling(model, args.compile, tune=args.compile_tuning)   # weights: constants
     n, mb = args.n_samples, args.micro_batch
-    width = max(6, len(str(n - 1)))
-    path_of = lambda i: os.path.join(args.save_dir, f'{i:0{width}d}.png')
+    path_of = lambda i: os.path.join(args.save_dir, f'{i:06d}.png')      # 000000.png, ..., 999999.png, 1000000.png
     n_batches = math.ceil(n / mb)
     batch_ids = lambda b: range(b * mb, min((b + 1) * mb, n))
     pending = None

@@ -22,9 +22,10 @@ from diffusions import from_config, make_sampler
 from models import EMA, build_model
 from models.fast import COMPILE_MODES, FastWeights, compile_for_training
 from utils import checkpoint as ckpt
-from utils import images
+from utils import images, run_folder
 from utils.config import ArgumentParser, parse_args, save_config
 from utils.errors import UserError, run_main
+from utils.files import check_writable
 from utils.logger import Logger
 from utils.train_state import TrainState, train_step
 
@@ -64,6 +65,16 @@ def check_config(cfg):
     for key in ('lr', 'grad_clip'):
         if not tc[key] > 0:
             raise UserError(f"train.{key} must be positive, got {tc[key]}")
+    for section, key in (('train', 'n_samples'), ('train', 'micro_batch'), ('train', 'warmup_steps'),
+                         ('train', 'fid_freq'), ('train', 'weight_decay'), ('data', 'num_workers')):
+        if cfg[section][key] < 0:
+            raise UserError(f"{section}.{key} must be at least 0, got {cfg[section][key]}")
+    betas = tc['adam_betas']
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                  for b in betas):
+        raise UserError(f"train.adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {betas!r}")
+    if not 0 <= tc['ema_decay'] <= 1:
+        raise UserError(f"train.ema_decay must be in [0, 1] (the paper: 0.9999), got {tc['ema_decay']}")
     if tc['mixed_precision'] not in (None, False, 'no', 'fp16', 'bf16'):
         raise UserError(f"train.mixed_precision must be null, no, fp16 or bf16, got {tc['mixed_precision']!r}")
     for key in ('data.on_gpu', 'train.bf16_weights', 'train.flat_params', 'train.compile', 'train.compile_tuning',
@@ -122,41 +133,48 @@ def build_state(cfg, accelerator, loader) -> TrainState:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     step_gen = torch.Generator(device).manual_seed(cfg['seed'])         # t and ε; the same on every process
     return TrainState(net, weights, model, ema, accelerator.prepare(optimizer), scheduler, loader, step_gen,
-                      accelerator)
+                      accelerator, provenance=ckpt.provenance(cfg))
 
 
 def main():
     args, cfg = parse_args(get_parser())
     check_config(resolve_speed(cfg))
     tc, dc = cfg['train'], cfg['data']
+    diffusion = from_config(cfg['diffusion'])
     accelerator, batch = make_accelerator(tc)
     rank, world = accelerator.process_index, accelerator.num_processes
-    exp_dir, resume_dir = run_folder(args.exp_dir, cfg, accelerator)
+    exp_dir, resume_dir = plan_run(args.exp_dir, cfg, accelerator)       # checks only; a resumed run is locked
+
+    # ---------------------------------------------------------------- data, model, EMA, optimizer, resume
+    set_seed(cfg['seed'])               # every process builds the same initial weights
+    loader, n_images = make_loader(cfg, accelerator, batch)
+    state = build_state(cfg, accelerator, loader)
+    if rank:
+        set_seed(cfg['seed'] + rank)    # the global RNGs (dropout) differ per process
+    if resume_dir is not None:
+        state.load(resume_dir, allow_change=tc['allow_config_change'])
+        state.ema.decay = tc['ema_decay']     # the config's decay, even if the checkpoint was made with another
+        if state.step > tc['n_steps']:
+            raise UserError(f"train.n_steps {tc['n_steps']} is below the checkpoint's step {state.step}; "
+                            f"pass a larger --train.n_steps to train on")
+    fid_setup = prepare_fid(accelerator, cfg) if tc['fid_freq'] > 0 else None
+    shape = (dc['img_channels'], dc['img_size'], dc['img_size'])
+    grid_noise = torch.randn((tc['n_samples'], *shape), generator=torch.Generator().manual_seed(cfg['seed']))
+    memory_format = torch.channels_last if tc['channels_last'] else torch.contiguous_format
+
+    # ---------------------------------------------------------------- run folder, log (all checks passed)
+    exp_dir = open_run(exp_dir, cfg, accelerator, fresh=resume_dir is None)
     ckpt_root = os.path.join(exp_dir, 'ckpt')
     log = Logger(exp_dir, enabled=accelerator.is_main_process)
     log.info(f'exp dir: {exp_dir}; {world} process(es) on {accelerator.device}, '
              f'mixed precision: {accelerator.mixed_precision}')
-
-    # ---------------------------------------------------------------- data, model, EMA, optimizer
-    set_seed(cfg['seed'])               # every process builds the same initial weights
-    loader, n_images = make_loader(cfg, accelerator, batch)
     log.info(f"data: {dc['name']} ({n_images} images), {'on the device' if dc['on_gpu'] else 'DataLoader'}; "
              f"batch {tc['batch_size']} = {world} x {batch}"
              + (f" in micro-batches of {tc['micro_batch']}" if 0 < tc['micro_batch'] < batch else ''))
-    diffusion = from_config(cfg['diffusion'])
-    state = build_state(cfg, accelerator, loader)
-    if rank:
-        set_seed(cfg['seed'] + rank)    # the global RNGs (dropout) differ per process
     log.info(f'model: {sum(p.numel() for p in state.net.parameters()):,} parameters; speed: {speed_summary(cfg)}')
-    if resume_dir is not None:
-        state.load(resume_dir)
-        state.ema.decay = tc['ema_decay']     # the config's decay, even if the checkpoint was made with another
-        log.info(f'resumed from {resume_dir} at step {state.step}')
-    fid_setup = prepare_fid(accelerator, cfg) if tc['fid_freq'] > 0 else None    # what can fail, up front
-    shape = (dc['img_channels'], dc['img_size'], dc['img_size'])
-    grid_noise = torch.randn((tc['n_samples'], *shape), generator=torch.Generator().manual_seed(cfg['seed']))
-    memory_format = torch.channels_last if tc['channels_last'] else torch.contiguous_format
-    stop = StopSignal(accelerator, tc['print_freq'])
+    for line in ([f'resumed from {resume_dir} at step {state.step}'] if resume_dir else []) + state.notes:
+        log.info(line)
+    stop = StopSignal(accelerator)
 
     # ---------------------------------------------------------------- train
     state.model.train()
@@ -170,7 +188,7 @@ def main():
         pbar.update(1)
         if step % tc['print_freq'] == 0 or last:
             log.scalars(window.stats(step, state.scheduler.get_last_lr()[0]), step)
-        stopping = stop.agreed(step, last)
+        stopping = stop.agreed(last)
         if step % tc['save_freq'] == 0 or last or stopping:
             window.check_finite(step)
             log.info(f'saved checkpoint {state.save(ckpt_root, tc["keep_ckpts"])}')
@@ -210,28 +228,44 @@ def make_accelerator(tc):
     return accelerator, batch
 
 
-def run_folder(exp_dir, cfg, accelerator):
-    """(EXP_DIR, the checkpoint folder to resume from or None), from -e and train.resume; the main process makes
-    EXP_DIR's folders and writes the run's resolved config.yaml.
+def plan_run(exp_dir, cfg, accelerator):
+    """(EXP_DIR or None for a default name, the checkpoint folder to resume from or None), checked before any
+    work: a folder that cannot be written, a fresh run into a folder that holds checkpoints, a missing checkpoint.
+    A resumed run's folder is locked here (before its checkpoint is read) and left as a killed save left it."""
+    resume = cfg['train']['resume']
+    if resume is not None and exp_dir is None and resume != 'latest':     # EXP_DIR/ckpt/stepN -> EXP_DIR
+        exp_dir = os.path.dirname(os.path.dirname(os.path.abspath(resume)))
+    if exp_dir is not None:
+        check_writable(exp_dir, '-e', folder=True)
+    if resume is None:
+        if exp_dir is not None and os.path.isfile(os.path.join(exp_dir, 'ckpt', 'latest')):
+            raise UserError(f"{exp_dir} already holds checkpoints; continue it with --train.resume latest, "
+                            f"or pass another -e EXP_DIR")
+        return exp_dir, None
+    if resume == 'latest' and exp_dir is None:
+        raise UserError("--train.resume latest needs the run's folder: pass -e EXP_DIR of the run to resume")
+    if os.path.isdir(exp_dir):
+        on_main_process(accelerator, lambda: (run_folder.acquire(exp_dir),
+                                              ckpt.recover(os.path.join(exp_dir, 'ckpt'))))
+    return exp_dir, ckpt.resolve(resume, exp_dir)
 
-    A fresh run into a folder that already holds checkpoints is refused; without -e the folder is
-    runs/exp-<time> (process 0's name for all)."""
-    resume, resume_dir = cfg['train']['resume'], None
-    if resume is not None:
-        if exp_dir is None and resume != 'latest':           # EXP_DIR/ckpt/stepN -> EXP_DIR
-            exp_dir = os.path.dirname(os.path.dirname(os.path.abspath(resume)))
-        resume_dir = ckpt.resolve(resume, exp_dir)
-    if exp_dir is None:
-        exp_dir = os.path.join('runs', time.strftime('exp-%Y-%m-%d-%H-%M-%S'))
-        exp_dir = broadcast_object_list([exp_dir])[0] if accelerator.num_processes > 1 else exp_dir
-    if resume_dir is None and os.path.isfile(os.path.join(exp_dir, 'ckpt', 'latest')):
-        raise UserError(f"{exp_dir} already holds checkpoints; continue it with --train.resume latest, "
-                        f"or pass another -e EXP_DIR")
-    if accelerator.is_main_process:
+
+def open_run(exp_dir, cfg, accelerator, fresh) -> str:
+    """Make the run folder (a new default one without -e) and its subfolders, lock it, write the resolved
+    config.yaml (a resumed run keeps the one it started with); returns EXP_DIR, the same on every process."""
+    def make():
+        folder = exp_dir or run_folder.new_default_folder()
+        if fresh:
+            run_folder.acquire(folder)
+            if os.path.isfile(os.path.join(folder, 'ckpt', 'latest')):       # written since plan_run looked
+                raise UserError(f"{folder} already holds checkpoints; continue it with --train.resume latest")
+            ckpt.recover(os.path.join(folder, 'ckpt'))
         for sub in ('ckpt', 'samples', 'tensorboard'):
-            os.makedirs(os.path.join(exp_dir, sub), exist_ok=True)
-        save_config(cfg, os.path.join(exp_dir, 'config.yaml'))
-    return exp_dir, resume_dir
+            os.makedirs(os.path.join(folder, sub), exist_ok=True)
+        if fresh or not os.path.isfile(os.path.join(folder, 'config.yaml')):
+            save_config(cfg, os.path.join(folder, 'config.yaml'))
+        return folder
+    return on_main_process(accelerator, make)
 
 
 def speed_summary(cfg) -> str:
@@ -286,25 +320,36 @@ class Window:
 class StopSignal:
     """Ctrl-C / SIGTERM: remembered by the handler, acted on between steps: the run saves a checkpoint and exits.
 
-    With several processes a signal may reach only some of them, so the flags are combined where every process
-    arrives at the same step: at each logging step (train.print_freq) and at the last step.
+    With several processes a signal may reach only some of them, so every step each process adds its flag to a
+    small all-reduce over a CPU (gloo) group, started without waiting and read one step later: all processes stop
+    at the same step, one step after the signal, and no step waits on the device for it.
     """
 
-    def __init__(self, accelerator, print_freq):
-        self.accelerator, self.print_freq, self.signum = accelerator, print_freq, None
+    def __init__(self, accelerator):
+        self.signum, self.world = None, accelerator.num_processes
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, self._handle)
+        if self.world > 1:
+            self.group = torch.distributed.new_group(backend='gloo')
+            self.flag, self.pending = torch.zeros(1), None
 
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def agreed(self, step, last) -> bool:
-        if self.accelerator.num_processes == 1:
+    def agreed(self, last) -> bool:
+        """True at the step where every process stops (at the last step, the flags are waited for)."""
+        if self.world == 1:
             return self.signum is not None
-        if step % self.print_freq and not last:
-            return False
-        flag = torch.tensor(float(self.signum is not None), device=self.accelerator.device)
-        stop = self.accelerator.reduce(flag, 'max').item() > 0
+        stop = False
+        if self.pending is not None:
+            self.pending.wait()
+            stop = self.flag.item() > 0
+        self.flag.fill_(float(self.signum is not None))
+        self.pending = torch.distributed.all_reduce(self.flag, torch.distributed.ReduceOp.MAX, group=self.group,
+                                                    async_op=True)
+        if stop or last:
+            self.pending.wait()
+            stop, self.pending = stop or self.flag.item() > 0, None
         if stop and self.signum is None:
             self.signum = signal.SIGTERM             # another process got it: exit as if this one had
         return stop
@@ -358,9 +403,8 @@ def prepare_fid(accelerator, cfg) -> dict:
     def reference():
         try:
             check_weights(tc['fid_weights'])
-        except UserError:
-            raise UserError(f"train.fid_weights {tc['fid_weights']} not found; pass an existing torch-fidelity "
-                            f"Inception weights file, or null to let torch-fidelity download its own") from None
+        except UserError as e:
+            raise UserError(f"train.fid_weights: {e}") from None
         if tc['fid_ref_stats'] is not None:
             return load_stats(tc['fid_ref_stats'])
         return cached_reference(cfg['data'], 'train', lambda: datasets.load_uint8(cfg['data'], 'train'),

@@ -30,6 +30,14 @@ def make_betas(schedule: str, total_steps: int, beta_start: float = 1e-4, beta_e
     T = total_steps
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"diffusion.total_steps must be a positive integer, got {T!r}")
+    if schedule in ('linear', 'quad', 'sigmoid', 'const'):
+        used = {'beta_end': beta_end} if schedule == 'const' else {'beta_start': beta_start, 'beta_end': beta_end}
+        for name, value in used.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+                raise ValueError(f"diffusion.{name} must be a number in (0, 1), got {value!r}")
+        if schedule != 'const' and beta_start > beta_end:
+            raise ValueError(f"diffusion.beta_start {beta_start} is above beta_end {beta_end}; the noise must grow "
+                             f"along the chain (the paper: 0.0001 to 0.02)")
     f64 = torch.float64
     if schedule == 'linear':
         return torch.linspace(beta_start, beta_end, T, dtype=f64)

@@ -229,7 +229,7 @@ def bad_cases(tmp_path, ckpt_dir):
         (cli(ckpt_dir, out, '--mode', 'denoise', '--save_npz'), r'--save_npz stores final samples: use it with --mode sample'),
         (cli(ckpt_dir, out, '--load_ema', 'maybe'), r"--load_ema expects true or false, got 'maybe'"),
         (cli(ckpt_dir, out, '--n_samples', 'ten'), r"argument --n_samples: invalid int value: 'ten'"),
-        (cli(ckpt_dir, a_file), r'--save_dir .*a_file is a file; pass a folder'),
+        (cli(ckpt_dir, a_file), r'--save_dir .*a_file is a file, not a folder; pass a folder'),
     ]
 
 

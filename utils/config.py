@@ -172,9 +172,12 @@ def _locate(cfg: dict, key: str):
 def _unknown(cfg: dict, key: str):
     """Raise the 'unknown key' error with the closest valid dotted keys."""
     leaves = list(_leaf_keys(cfg))
-    close = difflib.get_close_matches(key, leaves, n=3, cutoff=0.5)
+    section, name = key.split(".")[0] + ".", key.split(".")[-1]
+    initials = "".join(w[0] for w in name.split("_") if w)          # learning_rate -> lr
+    close = [k for k in leaves if k.startswith(section) and len(initials) > 1 and k.split(".")[-1] == initials]
+    close += [k for k in difflib.get_close_matches(key, leaves, n=3, cutoff=0.5) if k not in close]
+    close = close[:3]
     if not close:  # fall back to keys of the same section
-        section = key.split(".")[0] + "."
         close = [k for k in leaves if k.startswith(section)][:6] or leaves[:6]
     raise UserError(f"unknown config key '{key}'; closest valid keys: {', '.join(close)}")
 

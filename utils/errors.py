@@ -10,10 +10,20 @@ class UserError(Exception):
     """
 
 
+def message(e: UserError) -> str:
+    """The one line of a UserError. One raised in a DataLoader worker comes back re-raised with the worker's
+    traceback in its text; its own message is the last line naming it."""
+    text = str(e)
+    if "\n" in text:
+        lines = [line.split("UserError: ", 1)[1] for line in text.splitlines() if "UserError: " in line]
+        text = lines[-1] if lines else " ".join(text.split())
+    return text
+
+
 def run_main(main, *args, **kwargs):
     """Call ``main``; turn a :class:`UserError` into one line on stderr and exit status 2."""
     try:
         return main(*args, **kwargs)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {message(e)}", file=sys.stderr, flush=True)
         sys.exit(2)

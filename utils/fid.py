@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,31 @@ _NOT_IMAGE_KEYS = {"random_flip", "download", "on_gpu", "num_workers", "pin_memo
 # ----------------------------------------------------------------------------- feature extractor
 
 def check_weights(weights_path):
-    """A :class:`UserError` when a weights file is given but missing."""
-    if weights_path is not None and not os.path.isfile(weights_path):
+    """A one-line UserError when a weights file is given but missing, or holds anything but tensors.
+
+    torch-fidelity unpickles the file it is given without restriction, so a crafted file would run code: the file
+    is first read here with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers.
+    """
+    if weights_path is None:
+        return
+    if not os.path.isfile(weights_path):
         raise UserError(f"feature extractor weights '{weights_path}' not found; pass an existing file to "
                         f"--feature-extractor-weights, or leave it out to let torch-fidelity download its own")
+    st = os.stat(weights_path)
+    _check_tensors_only(os.path.abspath(weights_path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _check_tensors_only(path, size, mtime_ns):
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickled code, a truncated file, not a torch file
+        msg = " ".join(str(e).split())[:200]
+        raise UserError(f"feature extractor weights '{path}' are not a plain state_dict of tensors; refused, since "
+                        f"torch-fidelity would unpickle the file fully ({type(e).__name__}: {msg})") from None
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise UserError(f"feature extractor weights '{path}' hold no state_dict of tensors; pass torch-fidelity's "
+                        f"InceptionV3 weights file")
 
 
 @functools.lru_cache(maxsize=8)
@@ -171,8 +193,9 @@ def load_stats(path, dims=None) -> dict:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
             data = {k: z[k] for k in ("mu", "sigma", "sigma_triu", "n") if k in files}
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"reference statistics '{path}' is not a readable .npz ({' '.join(str(e).split())})") from None
+    except (OSError, ValueError, AttributeError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"reference statistics '{path}' is not a readable .npz ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())})") from None
     if "mu" not in data or not {"sigma", "sigma_triu"} & files:
         raise UserError(f"reference statistics '{path}' must hold 'mu' and 'sigma' (or 'sigma_triu'); "
                         f"found {sorted(files)}")

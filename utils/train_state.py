@@ -26,10 +26,13 @@ class TrainState:
     optimizer, scheduler, loader (batches; its state is the data order), step_gen (t and ε), step
     """
 
-    def __init__(self, net, weights, model, ema, optimizer, scheduler, loader, step_gen, accelerator, step=0):
+    def __init__(self, net, weights, model, ema, optimizer, scheduler, loader, step_gen, accelerator, step=0,
+                 provenance=None):
         self.net, self.weights, self.model, self.ema = net, weights, model, ema
         self.optimizer, self.scheduler, self.loader, self.step_gen = optimizer, scheduler, loader, step_gen
         self.accelerator, self.step = accelerator, step
+        self.provenance = provenance or {}    # {section: {key: value}} of the config that a checkpoint must match
+        self.notes = []                       # what the last load wants logged
 
     def state_dict(self) -> dict:
         """{file name: contents} of a checkpoint folder, as this process writes it: model.pt, ema.pt, optimizer.pt
@@ -40,7 +43,7 @@ class TrainState:
             'ema.pt': self.ema.state_dict(),
             'optimizer.pt': self.weights.optimizer_state_to_params(self.optimizer.state_dict()),
             'meta.pt': {'step': self.step, 'lr_scheduler': self.scheduler.state_dict(),
-                        'scaler': scaler.state_dict() if scaler is not None else None},
+                        'scaler': scaler.state_dict() if scaler is not None else None, 'provenance': self.provenance},
             f'rng_{self.accelerator.process_index}.pt': {
                 'cpu': torch.get_rng_state(),
                 'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
@@ -48,13 +51,21 @@ class TrainState:
                 'loader': self.loader.state_dict()},
         }
 
-    def load_state_dict(self, files: dict, source: str):
+    def load_state_dict(self, files: dict, source: str, allow_change: bool = False):
         """Restore from {file name: contents} of a checkpoint folder (`source` names it in errors).
 
-        The data order, flips, t and ε are drawn the same on every process, so they come from process 0's file:
-        a run may resume on another number of processes (same global batch) and see the same global batches.
-        Each process's global RNGs (dropout) come from its own file, if the saved run had that process.
+        The checkpoint must have been made with this config's network shape, chain and image size
+        (`self.provenance`), unless `allow_change`. The data order, flips, t and ε are drawn the same on every
+        process, so they come from process 0's file: a run may resume on another number of processes (same
+        global batch) and see the same global batches. Each process's global RNGs (dropout) come from its own
+        file, if the saved run had that process.
         """
+        meta = files['meta.pt']
+        if not isinstance(meta, dict) or 'step' not in meta:
+            raise UserError(f"checkpoint {source}/meta.pt is not a training checkpoint's meta file; use another "
+                            f"checkpoint folder")
+        self.notes = ckpt.check_provenance(meta.get('provenance'), self.provenance, f'checkpoint {source}',
+                                           allow_change, '--train.allow_config_change true')
         ckpt.load_state_dict_checked(self.net, files['model.pt'], f'checkpoint {source}')
         try:
             self.ema.load_state_dict(files['ema.pt'])
@@ -67,7 +78,6 @@ class TrainState:
             raise UserError(f"the optimizer state in {source} does not fit this model ({e}); resume from a "
                             f"checkpoint of this config, or start a new run") from None
         self.weights.refresh()
-        meta = files['meta.pt']
         self.scheduler.load_state_dict(meta['lr_scheduler'])
         if self.accelerator.scaler is not None and meta['scaler'] is not None:
             self.accelerator.scaler.load_state_dict(meta['scaler'])
@@ -103,14 +113,14 @@ class TrainState:
         acc.wait_for_everyone()
         return os.path.join(ckpt_root, ckpt.step_dir_name(self.step))
 
-    def load(self, folder: str):
-        """Restore the checkpoint in `folder` (EXP_DIR/ckpt/stepNNNNNNN)."""
+    def load(self, folder: str, allow_change: bool = False):
+        """Restore the checkpoint in `folder` (EXP_DIR/ckpt/stepNNNNNNN); see load_state_dict."""
         names = ['model.pt', 'ema.pt', 'optimizer.pt', 'meta.pt', 'rng_0.pt']
         files = {name: ckpt.load_file(os.path.join(folder, name)) for name in names}
         own = f'rng_{self.accelerator.process_index}.pt'
         if own not in files and os.path.isfile(os.path.join(folder, own)):
             files[own] = ckpt.load_file(os.path.join(folder, own))
-        self.load_state_dict(files, folder)
+        self.load_state_dict(files, folder, allow_change)
 
 
 def train_step(state: TrainState, diffusion, accelerator, x, grad_clip: float, micro_batch: int = 0):
