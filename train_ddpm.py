@@ -402,7 +402,7 @@ def prepare_fid(accelerator, cfg) -> dict:
 
     def reference():
         try:
-            check_weights(tc['fid_weights'])
+            check_weights(tc['fid_weights'], flag='train.fid_weights')
         except UserError as e:
             raise UserError(f"train.fid_weights: {e}") from None
         if tc['fid_ref_stats'] is not None:

@@ -28,6 +28,11 @@ class Payload:
         return (os.system, (f'touch {self.marker}',))
 
 
+def load_config_with(overrides):
+    from utils.config import apply_overrides, load_config
+    return apply_overrides(load_config(os.path.join(ROOT, 'configs', 'ddpm_tiny.yaml')), overrides)
+
+
 # --- code execution ------------------------------------------------------------------------------
 
 def test_crafted_inception_weights_are_refused_and_do_not_run(tmp_path, weights):
@@ -136,10 +141,17 @@ def test_checkpoint_records_what_made_it_and_refuses_other_settings(tmp_path, im
     made = load(exp / 'ckpt' / 'step0000002', 'meta.pt')['provenance']
     assert made['diffusion']['total_steps'] == 10 and made['model.params']['dim'] == 16 and made['data']['img_size'] == 8
     resume = ['-e', str(exp), '--train.n_steps', '4', '--train.resume', 'latest', *over]
-    for key, value in (('diffusion.total_steps', '20'), ('diffusion.beta_schedule', 'cosine'),
-                       ('diffusion.objective', 'pred_v'), ('model.params.dim_mults', '[1,1]')):
-        msg = one_line_error(train([*resume, f'--{key}', value], check=False))
-        assert f'was made with {key} = ' in msg and '--train.allow_config_change true' in msg
+    msg = one_line_error(train([*resume, '--diffusion.total_steps', '20'], check=False))
+    assert 'was made with diffusion.total_steps = 10, this config has 20' in msg
+    assert '--train.allow_config_change true' in msg
+    current = ckpt.provenance(load_config_with(over))
+    for key, value in (('diffusion', {'beta_schedule': 'cosine'}), ('diffusion', {'objective': 'pred_v'}),
+                       ('model.params', {'dim_mults': [1, 1]}), ('data', {'img_size': 16})):
+        changed = {s: dict(v, **(value if s == key else {})) for s, v in current.items()}
+        with pytest.raises(UserError, match=f'was made with {key}.{next(iter(value))} = '):
+            ckpt.check_provenance(made, changed, 'checkpoint X', False, '--train.allow_config_change true')
+    assert ckpt.check_provenance(made, current, 'checkpoint X', False, '--flag') == []
+    assert 'records no config' in ckpt.check_provenance(None, current, 'checkpoint X', False, '--flag')[0]
     p = train([*resume, '--diffusion.objective', 'pred_v', '--train.allow_config_change', 'true'])
     assert "diffusion.objective was 'pred_eps'" in p.stdout
     msg = one_line_error(train(['-e', str(exp), '--train.n_steps', '2', '--train.resume', 'latest', *over,
@@ -195,28 +207,47 @@ def test_sample_folder_refuses_other_size_precision_or_weights(tmp_path):
     (('--train.learning_rate', '1e-4'), "unknown config key 'train.learning_rate'; closest valid keys: train.lr"),
     (('--data.root', '/nonexistent/imgs'), 'no images'),
 ])
-def test_bad_values_are_one_line_and_leave_no_folder(tmp_path, image_dir, override, expect):
+def test_bad_values_are_one_line_and_leave_no_folder(tmp_path, image_dir, override, expect, capsys, monkeypatch):
     exp = tmp_path / 'run'
-    msg = one_line_error(train(['-e', str(exp), '--train.n_steps', '2', *tiny(image_dir), *override], check=False))
-    assert expect in msg
+    assert expect in train_in_process(['-e', str(exp), '--train.n_steps', '2', *tiny(image_dir), *override],
+                                      capsys, monkeypatch)
     assert not exp.exists()
 
 
-def test_bad_run_folders_are_one_line(tmp_path, image_dir):
+def train_in_process(args, capsys, monkeypatch) -> str:
+    """train_ddpm.py's command line run in this process (for errors raised before training starts): its one
+    stderr line."""
+    import train_ddpm
+    from accelerate.state import AcceleratorState
+    from utils.errors import run_main
+    monkeypatch.setattr(sys, 'argv', ['train_ddpm.py', '-c', os.path.join(ROOT, 'configs/ddpm_tiny.yaml'), *args])
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_main(train_ddpm.main)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith('error: '), err
+    return err[0]
+
+
+def test_bad_run_folders_are_one_line(tmp_path, image_dir, capsys, monkeypatch):
     a_file = tmp_path / 'a_file'
     a_file.write_text('keep me')
-    msg = one_line_error(train(['-e', str(a_file), *tiny(image_dir)], check=False))
-    assert 'is a file, not a folder' in msg
-    msg = one_line_error(train(['-e', str(a_file / 'run'), *tiny(image_dir)], check=False))
-    assert 'is a file, so nothing can be made under it' in msg
+    assert 'is a file, not a folder' in train_in_process(['-e', str(a_file), *tiny(image_dir)], capsys, monkeypatch)
+    assert 'is a file, so nothing can be made under it' in train_in_process(['-e', str(a_file / 'run'),
+                                                                            *tiny(image_dir)], capsys, monkeypatch)
     assert a_file.read_text() == 'keep me'
 
 
 def test_resume_with_an_ema_of_another_shape_is_one_line(tmp_path, image_dir):
-    exp, other = tmp_path / 'run', tmp_path / 'other'
+    exp = tmp_path / 'run'
     train(['-e', str(exp), '--train.n_steps', '2', *tiny(image_dir)])
-    train(['-e', str(other), '--train.n_steps', '2', *tiny(image_dir, **{'model.params.dim': 8})])
-    os.replace(other / 'ckpt' / 'step0000002' / 'ema.pt', exp / 'ckpt' / 'step0000002' / 'ema.pt')
+    path = exp / 'ckpt' / 'step0000002' / 'ema.pt'
+    ema = torch.load(path, weights_only=True)
+    ema['model']['conv_in.weight'] = torch.zeros(8, 1, 3, 3)                   # another network's
+    torch.save(ema, path)
     msg = one_line_error(train(['-e', str(exp), '--train.n_steps', '4', '--train.resume', 'latest', *tiny(image_dir)],
                                check=False))
     assert 'the EMA weights in' in msg and 'do not fit this model' in msg
@@ -235,7 +266,10 @@ def test_corrupt_image_read_by_a_dataloader_worker_is_one_line(tmp_path, image_d
     assert msg.startswith("error: cannot read image '") and '005.png' in msg
 
 
-def test_evaluate_bad_input_is_one_line_before_any_work(tmp_path, weights):
+def test_evaluate_bad_input_is_one_line_before_any_work(tmp_path, weights, capsys, monkeypatch):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from test_evaluate import one_line_error as evaluate_error
+    monkeypatch.setattr(FeatureExtractorInceptionV3, 'INPUT_IMAGE_SIZE', 75)       # its smallest: same code path
     good = tmp_path / 'good.npz'
     np.savez(good, np.zeros((4, 8, 8, 3), np.uint8))
     bad_npz = tmp_path / 'bad.npz'
@@ -247,7 +281,7 @@ def test_evaluate_bad_input_is_one_line_before_any_work(tmp_path, weights):
     (folder / '000001.png').write_bytes((folder / '000001.png').read_bytes()[:50])
     a_file = tmp_path / 'a_file'
     a_file.write_text('x')
-    w = ['--feature-extractor-weights', weights['random'], '--dims', '64', '--quiet']
+    w = ['--feature-extractor-weights', weights['random'], '--dims', '64']
     cases = [
         (['--samples', bad_npz, '--ref', good, *w], 'neither a folder of images nor a readable'),
         (['--samples', good, '--ref-stats', bad_npz, *w], 'is not a readable .npz'),
@@ -259,6 +293,4 @@ def test_evaluate_bad_input_is_one_line_before_any_work(tmp_path, weights):
         (['--samples', folder, '--ref', good, *w], "cannot read image '"),
     ]
     for args, expect in cases:
-        p = subprocess.run([sys.executable, os.path.join(ROOT, 'evaluate_ddpm.py'), *map(str, args)], cwd=ROOT,
-                           env=ENV, capture_output=True, text=True, timeout=300)
-        assert expect in one_line_error(p), (args, p.stderr[-500:])
+        assert expect in evaluate_error(capsys, *args), args

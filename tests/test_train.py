@@ -312,10 +312,11 @@ def test_fid_settings_fail_at_start_on_every_process(tmp_path, image_dir):
     (('--data.img_size', '9'), 'data.img_size 9 must be divisible by 2'),
     (('--train.batch_size', '64'), 'the dataset has 48 images, fewer than one batch'),
 ])
-def test_bad_values_are_one_line_and_create_nothing(tmp_path, image_dir, override, expect):
+def test_bad_values_are_one_line_and_create_nothing(tmp_path, image_dir, override, expect, capsys, monkeypatch):
+    from test_safety import train_in_process
     exp = tmp_path / 'bad'
-    msg = one_line_error(train(['-e', str(exp), '--train.n_steps', '2', *tiny(image_dir, **{'data.on_gpu': 'false'}),
-                                *override], check=False))
+    msg = train_in_process(['-e', str(exp), '--train.n_steps', '2', *tiny(image_dir, **{'data.on_gpu': 'false'}),
+                            *override], capsys, monkeypatch)
     assert expect in msg
     assert not exp.exists()                          # every check runs before the run folder is made
 

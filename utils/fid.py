@@ -39,7 +39,7 @@ _NOT_IMAGE_KEYS = {"random_flip", "download", "on_gpu", "num_workers", "pin_memo
 
 # ----------------------------------------------------------------------------- feature extractor
 
-def check_weights(weights_path):
+def check_weights(weights_path, flag="--feature-extractor-weights"):
     """A one-line UserError when a weights file is given but missing, or holds anything but tensors.
 
     torch-fidelity unpickles the file it is given without restriction, so a crafted file would run code: the file
@@ -48,8 +48,8 @@ def check_weights(weights_path):
     if weights_path is None:
         return
     if not os.path.isfile(weights_path):
-        raise UserError(f"feature extractor weights '{weights_path}' not found; pass an existing file to "
-                        f"--feature-extractor-weights, or leave it out to let torch-fidelity download its own")
+        raise UserError(f"feature extractor weights '{weights_path}' not found; pass an existing file to {flag}, "
+                        f"or leave it out to let torch-fidelity download its own")
     st = os.stat(weights_path)
     _check_tensors_only(os.path.abspath(weights_path), st.st_size, st.st_mtime_ns)
 
