@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from test_train import ENV, ROOT, image_dir, load, one_line_error, tiny, train  # noqa: F401 (image_dir fixture)
+from test_train import (ENV, ROOT, image_dir, load, one_line_error, start_training, tiny,  # noqa: F401 (image_dir)
+                        train)
 from utils import checkpoint as ckpt
 from utils import run_folder
 from utils.errors import UserError
@@ -79,12 +80,8 @@ def test_a_run_folder_has_one_owner(tmp_path, image_dir, monkeypatch):
     taken over; default folder names made in the same second differ."""
     exp = tmp_path / 'run'
     over = tiny(image_dir, **{'train.save_freq': 100000, 'train.print_freq': 100000})
-    cmd = [sys.executable, os.path.join(ROOT, 'train_ddpm.py'), '-c', os.path.join(ROOT, 'configs/ddpm_tiny.yaml'),
-           '-e', str(exp), '--train.n_steps', '100000', *over]
-    first = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (exp / '.lock').exists():
-        time.sleep(0.2)
+    first = start_training(exp, over)
+    assert (exp / '.lock').exists()
     config = (exp / 'config.yaml').read_text()
     second = train(['-e', str(exp), '--train.n_steps', '2', *over, '--train.lr', '0.5'], check=False)
     assert 'is in use by another run' in one_line_error(second)
@@ -195,6 +192,11 @@ def test_sample_folder_refuses_other_size_precision_or_weights(tmp_path):
 # --- one line, before any work ---------------------------------------------------------------------
 
 @pytest.mark.parametrize('override, expect', [
+    (('--train.print_freq', '0'), 'train.print_freq must be at least 1'),
+    (('--train.mixed_precision', 'bf17'), 'train.mixed_precision must be null, no, fp16 or bf16'),
+    (('--train.lr', '-1'), 'train.lr must be positive'),
+    (('--data.img_size', '9'), 'data.img_size 9 must be divisible by 2'),
+    (('--train.batch_size', '64', '--data.on_gpu', 'false'), 'the dataset has 48 images, fewer than one batch'),
     (('--diffusion.beta_start', '0.3'), 'diffusion.beta_start 0.3 is above beta_end 0.2'),
     (('--diffusion.beta_end', '1.5'), 'diffusion.beta_end must be a number in (0, 1), got 1.5'),
     (('--train.ema_decay', '2.0'), 'train.ema_decay must be in [0, 1]'),
