@@ -98,13 +98,18 @@ def snapshot_steps(num_steps: int, n: int) -> list:
     return [round(k * (num_steps - 1) / (n - 1)) for k in range(n)]
 
 
-def sample_batch(sampler, model, x_T, generator, mode, steps):
-    """Run the chain on one batch. Returns B×C×H×(k·W) floats: the final images (k = 1) or rows of snapshots."""
+def sample_batch(sampler, model, x_T, generator, mode, steps, step_bar=None):
+    """Run the chain on one batch. Returns B×C×H×(k·W) floats: the final images (k = 1) or rows of snapshots.
+    `step_bar` (a tqdm bar, optional) counts the chain's steps."""
     keep = set(steps)
     frames = []
+    if step_bar is not None:
+        step_bar.reset(total=sampler.num_steps)
     for k, (x, x0) in enumerate(sampler.sample_loop(model, x_T, generator)):
         if mode != 'sample' and k in keep:
             frames.append((x if mode == 'denoise' else x0).float())
+        if step_bar is not None:
+            step_bar.update(1)
     return x.float() if mode == 'sample' else torch.cat(frames, dim=3)
 
 
@@ -220,16 +225,19 @@ def main(argv=None):
     C, H = cfg['model']['params']['in_channels'], cfg['data']['img_size']
     bar = tqdm(total=n, initial=n - n_todo, unit='img', desc=args.mode, dynamic_ncols=True,
                disable=not accelerator.is_main_process)
+    step_bar = tqdm(total=S, desc='steps', unit='step', leave=False, dynamic_ncols=True,
+                    disable=True if not accelerator.is_main_process else None)     # the current batch's chain
     with torch.no_grad():
         for r, b in enumerate(mine):
             g = batch_generator(seed, b, device)
             x_T = torch.randn((mb, C, H, H), generator=g, device=device)
             with accelerator.autocast():
-                out = images.to_uint8(sample_batch(sampler, model, x_T, g, args.mode, steps))
+                out = images.to_uint8(sample_batch(sampler, model, x_T, g, args.mode, steps, step_bar))
             for k, i in enumerate(batch_ids(b)):
                 images.save_png(out[k], path_of(i))
             # this round of `world` batches runs in parallel: count them all on the main process's bar
             bar.update(sum(len(batch_ids(c)) for c in pending[r * world:(r + 1) * world]))
+    step_bar.close()
     bar.close()
 
     # ---------------------------------------------------------------- grid, npz (main process, from the files)

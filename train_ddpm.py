@@ -197,8 +197,9 @@ def main():
             break
         if tc['n_samples'] > 0 and (step % tc['sample_freq'] == 0 or last):
             sample_grid(accelerator, state.ema.model, diffusion, grid_noise, cfg['seed'],
-                        os.path.join(exp_dir, 'samples', f'step{step:07d}.png'))
+                        os.path.join(exp_dir, 'samples', f'step{step:07d}.png'), log, step)
         if fid_setup is not None and step % tc['fid_freq'] == 0:
+            log.info(f"FID: sampling {tc['fid_n_samples']} EMA images ({tc['fid_sampler']}, {tc['fid_steps']} steps)")
             log.scalars({'fid': training_fid(accelerator, state.ema.model, cfg, fid_setup)}, step, prefix='eval')
     pbar.close()
     log.close()
@@ -356,18 +357,26 @@ class StopSignal:
 
 
 @torch.no_grad()
-def sample_grid(accelerator, ema_model, diffusion, noise, seed, path):
-    """Sample the fixed grid noise with the EMA model and save the grid (main process).
+def sample_grid(accelerator, ema_model, diffusion, noise, seed, path, log, step):
+    """Sample the fixed grid noise with the EMA model; save the grid (main process) and add it to TensorBoard.
 
-    Every process runs the same small chain (it is a few seconds even for 64 images and 1000 steps), so all
-    stay in step and the grid is the same whatever the number of processes. The chain's noise comes from
-    its own generator, so a grid never touches the training RNG state.
+    Every process runs the same small chain (it is a few seconds even for 64 images and 1000 steps on a GPU), so
+    all stay in step and the grid is the same whatever the number of processes. The chain's noise comes from its
+    own generator, so a grid never touches the training RNG state.
     """
     device = accelerator.device
+    log.info(f'sampling the grid of {len(noise)} EMA images ({diffusion.num_steps} steps) -> {path}')
+    bar = log.steps('grid', diffusion.num_steps)
     with accelerator.autocast():
-        x = diffusion.sample(ema_model, noise.to(device), torch.Generator(device).manual_seed(seed))
+        for x, _ in diffusion.sample_loop(ema_model, noise.to(device), torch.Generator(device).manual_seed(seed)):
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     if accelerator.is_main_process:
-        images.save_png(images.grid(list(images.to_uint8(x)), nrow=int(math.sqrt(len(noise))) or 1), path)
+        grid = images.grid(list(images.to_uint8(x)), nrow=int(math.sqrt(len(noise))) or 1)
+        images.save_png(grid, path)
+        log.image('samples/ema', grid, step)
     accelerator.wait_for_everyone()
 
 
@@ -408,7 +417,7 @@ def prepare_fid(accelerator, cfg) -> dict:
         if tc['fid_ref_stats'] is not None:
             return load_stats(tc['fid_ref_stats'])
         return cached_reference(cfg['data'], 'train', lambda: datasets.load_uint8(cfg['data'], 'train'),
-                                weights_path=tc['fid_weights'], device=accelerator.device)['stats']
+                                weights_path=tc['fid_weights'], device=accelerator.device, verbose=True)['stats']
     return {'sampler': sampler, 'ref': on_main_process(accelerator, reference)}
 
 

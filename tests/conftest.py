@@ -1,4 +1,8 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the `slow` mark: tests that run the scripts as commands or train for seconds.
+
+    python3 -m pytest -q tests                  # the whole suite
+    python3 -m pytest -q tests -m "not slow"    # the quick loop
+"""
 import math
 from unittest import mock
 
@@ -35,3 +39,8 @@ def weights(tmp_path_factory):
     sd["fc.bias"] = torch.full_like(sd["fc.bias"], math.nan)
     torch.save(sd, folder / "nan_logits.pth")
     return {"random": str(folder / "random.pth"), "nan": str(folder / "nan_logits.pth")}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs the repo's scripts as commands, or trains for seconds; "
+                                       "leave out with -m 'not slow' for a quick loop")

@@ -221,6 +221,7 @@ def test_bad_input_one_line_each(weights, sets, tmp_path, capsys):
                                                           "--ref-stats", tmp_path / "bad.npz", *w)
 
 
+@pytest.mark.slow
 def test_script_runs_and_errors_in_one_line(weights, sets, tmp_path):
     """`python evaluate_ddpm.py` end to end in a fresh process: a result, then a one-line error."""
     stats = write_stats(weights, sets["shift30"], tmp_path)

@@ -13,6 +13,7 @@ from test_sample_cli import CONFIG, ENV, TINY, ckpt_dir  # noqa: F401  (the tiny
 from utils import fid as F
 from utils.images import Uint8Images
 
+pytestmark = pytest.mark.slow      # runs bench/fid_table.py and the sampler as commands
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

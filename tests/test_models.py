@@ -198,6 +198,7 @@ def traced_ops(model, *inputs, grad):
     return ops, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
 def test_training_graph_keeps_group_norm_and_sampling_graph_takes_channel_stats(fmt):
     # Dynamo traces the whole UNet forward without graph breaks; the training model's graph holds group_norm, the

@@ -35,6 +35,7 @@ def load_config_with(overrides):
 
 # --- code execution ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_crafted_inception_weights_are_refused_and_do_not_run(tmp_path, weights):
     from utils.fid import check_weights
     marker = tmp_path / 'ran'
@@ -51,6 +52,7 @@ def test_crafted_inception_weights_are_refused_and_do_not_run(tmp_path, weights)
     check_weights(weights['random'])                  # a real state_dict of tensors passes
 
 
+@pytest.mark.slow
 def test_crafted_cifar_batch_is_refused_and_does_not_run(tmp_path, image_dir):
     from datasets import load_uint8
     marker = tmp_path / 'ran'
@@ -74,6 +76,7 @@ def test_crafted_cifar_batch_is_refused_and_does_not_run(tmp_path, image_dir):
 
 # --- work lost -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_run_folder_has_one_owner(tmp_path, image_dir, monkeypatch):
     """A second run into the folder of a live run is refused (it wrote nothing); the lock of a dead process is
     taken over; default folder names made in the same second differ."""
@@ -96,6 +99,7 @@ def test_a_run_folder_has_one_owner(tmp_path, image_dir, monkeypatch):
     assert len(names) == 3 and all(os.path.isdir(n) for n in names)
 
 
+@pytest.mark.slow
 def test_kill_while_resaving_a_step_then_resume_latest_works(tmp_path, image_dir, monkeypatch):
     """Every moment of publish() is crash-safe: killed after the old step folder was moved aside and before the
     new one is in place, recover() (run by the next owner) puts the old one back; leftovers are removed."""
@@ -130,6 +134,7 @@ def test_kill_while_resaving_a_step_then_resume_latest_works(tmp_path, image_dir
 
 # --- accepted silently -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_checkpoint_records_what_made_it_and_refuses_other_settings(tmp_path, image_dir):
     exp = tmp_path / 'run'
     over = tiny(image_dir)
@@ -167,6 +172,7 @@ def test_checkpoint_records_what_made_it_and_refuses_other_settings(tmp_path, im
     assert p.returncode == 0, p.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_sample_folder_refuses_other_size_precision_or_weights(tmp_path):
     from test_sample_cli import CONFIG, TINY, random_unet, tiny_cfg
     d = tmp_path / 'ck'
@@ -242,6 +248,7 @@ def test_bad_run_folders_are_one_line(tmp_path, image_dir, capsys, monkeypatch):
     assert a_file.read_text() == 'keep me'
 
 
+@pytest.mark.slow
 def test_resume_with_an_ema_of_another_shape_is_one_line(tmp_path, image_dir):
     exp = tmp_path / 'run'
     train(['-e', str(exp), '--train.n_steps', '2', *tiny(image_dir)])
@@ -254,6 +261,7 @@ def test_resume_with_an_ema_of_another_shape_is_one_line(tmp_path, image_dir):
     assert 'the EMA weights in' in msg and 'do not fit this model' in msg
 
 
+@pytest.mark.slow
 def test_corrupt_image_read_by_a_dataloader_worker_is_one_line(tmp_path, image_dir):
     folder = tmp_path / 'imgs'
     folder.mkdir()

@@ -169,6 +169,7 @@ def launch(args, processes):
     return p
 
 
+@pytest.mark.slow
 def test_same_pngs_from_one_and_two_processes_and_after_resume(ckpt_dir, tmp_path):
     # 7 images in batches of 2: [0 1] [2 3] [4 5] [6 + one computed and dropped]; DDPM draws noise every step
     one, two = tmp_path / 'one', tmp_path / 'two'

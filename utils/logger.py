@@ -1,9 +1,20 @@
-"""Run logging on the main process: a log file, stdout, TensorBoard scalars and a tqdm bar."""
+"""Run logging on the main process: a log file, stdout, TensorBoard scalars and images, and tqdm bars."""
 import logging
 import os
 import sys
 
 from tqdm import tqdm
+
+
+class TqdmStream(logging.StreamHandler):
+    """Log lines to stdout through tqdm.write, so a progress bar on the terminal is redrawn below them instead of
+    being broken by them."""
+
+    def emit(self, record):
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:
+            self.handleError(record)
 
 
 class Logger:
@@ -19,7 +30,7 @@ class Logger:
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
         fmt = logging.Formatter('%(asctime)s %(message)s', '%Y-%m-%d %H:%M:%S')
-        for h in (logging.FileHandler(os.path.join(exp_dir, 'output.log')), logging.StreamHandler(sys.stdout)):
+        for h in (logging.FileHandler(os.path.join(exp_dir, 'output.log')), TqdmStream(sys.stdout)):
             h.setFormatter(fmt)
             self.log.addHandler(h)
         from torch.utils.tensorboard import SummaryWriter   # imported here: slow, main process only
@@ -35,6 +46,17 @@ class Logger:
         for k, v in stats.items():
             self.tb.add_scalar(f'{prefix}/{k}', v, step)
         self.info(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in stats.items()))
+
+    def image(self, tag: str, img, step: int):
+        """A uint8 C×H×W image to TensorBoard (e.g. the sample grid)."""
+        if self.enabled:
+            self.tb.add_image(tag, img, step)
+
+    def steps(self, what: str, total: int):
+        """A transient bar for `total` steps of `what` (e.g. a sampling chain), or None on other processes."""
+        if not self.enabled:
+            return None
+        return tqdm(total=total, desc=what, leave=False, disable=None, dynamic_ncols=True)
 
     def progress(self, total: int, initial: int):
         # disable=None: a bar on a terminal, none in a pipe or log file (the log has the step lines)
