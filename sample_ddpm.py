@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from diffusions import SAMPLERS, SKIP_TYPES, VAR_TYPES, from_config, make_sampler
 from models import build_model
+from models.convert import find_diffusers_folder, from_diffusers
 from models.fast import COMPILE_MODES, compile_for_sampling
 from utils import checkpoint as ckpt
 from utils import images
@@ -52,7 +53,8 @@ def get_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument('-c', '--config', required=True, help='the YAML config the weights were trained with')
     p.add_argument('--seed', type=int, default=None, help="base seed of every batch's noise (default: the config's seed)")
-    p.add_argument('--weights', required=True, help='checkpoint folder EXP_DIR/ckpt/stepNNNNNNN, or a model/ema .pt file')
+    p.add_argument('--weights', required=True, help='checkpoint folder EXP_DIR/ckpt/stepNNNNNNN, a model/ema .pt file, '
+                                                    'or a diffusers UNet2DModel folder (e.g. google/ddpm-cifar10-32)')
     p.add_argument('--load_ema', default='true', help='true: the EMA weights of a checkpoint folder (default); false: the raw ones')
     p.add_argument('--var_type', default=None, help=f"DDPM variance: {' | '.join(VAR_TYPES)} (default: the config's)")
     p.add_argument('--skip_type', default=None, help=f"timestep respacing: {' | '.join(SKIP_TYPES)} (default uniform with --skip_steps)")
@@ -162,6 +164,30 @@ def check_settings(path: str, settings: dict):
                             f"(see {path}); use a new --save_dir or the same settings to resume")
 
 
+def load_weights(args, cfg):
+    """(state_dict, the file it came from, lines to log) of --weights: a checkpoint folder of this repo (its EMA or
+    raw weights; checked against what made it), one weights file, or a diffusers UNet2DModel folder (e.g. the
+    authors' google/ddpm-cifar10-32, converted by models/convert.py; its network must be the config's)."""
+    folder = find_diffusers_folder(args.weights) if os.path.isdir(args.weights) else None
+    if folder is not None:
+        params, sd = from_diffusers(args.weights)
+        want = {k: v for k, v in cfg['model']['params'].items() if k != 'dropout'}
+        got = {k: v for k, v in params.items() if k != 'dropout'}
+        if got != want:
+            key = next(k for k in want if want[k] != got.get(k))
+            raise UserError(f"the diffusers model in {folder} has model.params.{key} = {got.get(key)!r}, the config "
+                            f"{want[key]!r}; use the config of that network (configs/ddpm_cifar10.yaml for "
+                            f"google/ddpm-cifar10-32, configs/ddpm_celebahq.yaml for google/ddpm-celebahq-256)")
+        st = os.path.join(folder, 'diffusion_pytorch_model.safetensors')
+        return sd, st if os.path.isfile(st) else os.path.join(folder, 'diffusion_pytorch_model.bin'), []
+    meta = os.path.join(args.weights, 'meta.pt')
+    notes = ckpt.check_provenance(ckpt.load_file(meta).get('provenance'), ckpt.provenance(cfg), f'checkpoint '
+                                  f'{args.weights}', args.allow_config_change, '--allow_config_change') \
+        if os.path.isfile(meta) else []
+    return ckpt.load_model_weights(args.weights, use_ema=args.load_ema), \
+        ckpt.weights_file(args.weights, args.load_ema), notes
+
+
 def main(argv=None):
     args, cfg = parse_args(get_parser(), argv)
     args.load_ema = str2bool(args.load_ema)
@@ -180,11 +206,7 @@ def main(argv=None):
         raise UserError(f"--n_{args.mode} must be in [1, {S}] (the number of sampling steps), got {n_frames}")
     steps = snapshot_steps(S, n_frames)
     model = build_model(cfg['model'])
-    meta = os.path.join(args.weights, 'meta.pt')
-    notes = ckpt.check_provenance(ckpt.load_file(meta).get('provenance'), ckpt.provenance(cfg), f'checkpoint '
-                                  f'{args.weights}', args.allow_config_change, '--allow_config_change') \
-        if os.path.isfile(meta) else []
-    sd = ckpt.load_model_weights(args.weights, use_ema=args.load_ema)
+    sd, weights_file, notes = load_weights(args, cfg)
     ckpt.load_state_dict_checked(model, sd, f"weights {args.weights}")
     model.eval().requires_grad_(False)
 
@@ -192,8 +214,7 @@ def main(argv=None):
     # N gloo processes on a CPU-only machine; --fast: bf16 autocast (else what accelerate launch/config says)
     accelerator = Accelerator(mixed_precision='bf16' if args.fast else None, cpu=not torch.cuda.is_available())
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    settings = dict(weights=os.path.realpath(args.weights), weights_sha256=sha256(ckpt.weights_file(args.weights,
-                    args.load_ema)), load_ema=args.load_ema, model=cfg['model'], diffusion=cfg['diffusion'],
+    settings = dict(weights=os.path.realpath(args.weights), weights_sha256=sha256(weights_file), load_ema=args.load_ema, model=cfg['model'], diffusion=cfg['diffusion'],
                     img_size=cfg['data']['img_size'], precision=accelerator.mixed_precision, compile=args.compile,
                     seed=seed, micro_batch=args.micro_batch, sampler=args.sampler, eta=args.eta,
                     var_type=diffusion.var_type, skip_type=skip_type, skip_steps=args.skip_steps, mode=args.mode,

@@ -5,13 +5,14 @@
 #   bash setup.sh --no-train # set up only
 #
 # - Debian/Ubuntu as root: apt installs what is missing of python3-venv, g++ (torch.compile's CPU backend) and
-#   Debian's offline Fashion-MNIST files (dataset-fashion-mnist). Elsewhere install the equivalents yourself.
+#   Debian's offline Fashion-MNIST files (dataset-fashion-mnist). Elsewhere (a laptop with Python 3.10-3.12) the
+#   quick start downloads Fashion-MNIST through torchvision into data/fashion-mnist instead.
 # - A virtual environment in .venv (made once, then reused): the system Python stays untouched (Debian's python3
 #   refuses pip installs outside one).
 # - PyTorch, if the environment has none: on a machine without an NVIDIA GPU, the CPU build from PyTorch's CPU index
 #   when that index answers (a few hundred MB instead of the CUDA build's GBs); else the default build of pip's index.
 #   To choose a build, set TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cu126) before running this.
-# - requirements.txt and the test tools; a default accelerate config (`accelerate config default`) if there is none,
+# - requirements.txt and the test tools (pytest, diffusers); a default accelerate config (`accelerate config default`) if there is none,
 #   so `accelerate launch` starts without its defaults warning.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -42,8 +43,8 @@ if ! "$PY" -c 'import torch, torchvision' 2> /dev/null; then
   echo "setup: installing torch and torchvision${index:+ from $index}"
   "$PY" -m pip install -q torch torchvision ${index:+--index-url "$index"}
 fi
-echo "setup: installing requirements.txt and pytest"
-"$PY" -m pip install -q -r requirements.txt pytest
+echo "setup: installing requirements.txt and the test tools (pytest; diffusers, whose UNet the tests convert)"
+"$PY" -m pip install -q -r requirements.txt pytest diffusers
 
 config=$("$PY" -c 'from accelerate.commands.config.config_args import default_config_file as f; print(f)')
 if [ ! -f "$config" ]; then                 # no saved accelerate config yet: the defaults for this machine
@@ -56,7 +57,9 @@ if [ "${1:-}" = "--no-train" ]; then
 elif [ -f runs/quickstart/ckpt/latest ]; then
   echo "setup: runs/quickstart is trained already (delete it to train again)"
 else
+  data=()                                   # without Debian's files: torchvision downloads Fashion-MNIST (network)
+  [ -d /usr/share/datasets/fashion-mnist ] || data=(--data.root data/fashion-mnist --data.download true)
   echo "setup: training the quick-start model (configs/ddpm_tiny.yaml) into runs/quickstart"
-  "$PY" train_ddpm.py -c configs/ddpm_tiny.yaml -e runs/quickstart
+  "$PY" train_ddpm.py -c configs/ddpm_tiny.yaml -e runs/quickstart "${data[@]}"
 fi
 echo "setup: done; activate the environment with: . .venv/bin/activate"
