@@ -1,12 +1,12 @@
 """Pixel preprocessing shared by every dataset: PIL resizing to uint8 and the [-1, 1] mapping.
 
-The resizing is exactly torchvision's ``Resize`` on PIL images (bilinear, antialiased), kept
-as uint8: the FID reference statistics of this repo were computed with it.
+The resizing is exactly torchvision's ``Resize`` (and ``CenterCrop``) on PIL images: PIL's bilinear, antialiased
+resize, kept as uint8 (the FID reference statistics of this repo were computed with it; tests/test_datasets.py
+compares with torchvision). Written with PIL alone: importing torchvision's transforms costs every command seconds.
 """
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms
 
 
 def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -26,8 +26,12 @@ def fit_square(img: Image.Image, size: int) -> Image.Image:
     """Resize the short side to ``size`` then center-crop to ``size`` x ``size`` (no-op if already so)."""
     if img.size == (size, size):
         return img
-    img = transforms.Resize(size)(img)
-    return transforms.CenterCrop(size)(img)
+    w, h = img.size
+    long = int(size * max(w, h) / min(w, h))                       # torchvision: int(), not round()
+    img = img.resize((size, long) if w <= h else (long, size), Image.BILINEAR)
+    w, h = img.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
 
 
 def resize_uint8(images: np.ndarray, size: int) -> torch.Tensor:
@@ -43,11 +47,10 @@ def resize_uint8(images: np.ndarray, size: int) -> torch.Tensor:
         images = images[..., None]
     n, h, w, c = images.shape
     if (h, w) != (size, size):
-        resize = transforms.Resize((size, size))
         out = np.empty((n, size, size, c), dtype=np.uint8)
         for i in range(n):
             img = Image.fromarray(images[i, :, :, 0] if c == 1 else images[i])
-            out[i] = np.asarray(resize(img), dtype=np.uint8).reshape(size, size, c)
+            out[i] = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8).reshape(size, size, c)
         images = out
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.utils import make_grid
 
 from utils.files import atomic_write
 
@@ -49,8 +48,19 @@ def row(frames: Sequence[Tensor]) -> Tensor:
 
 
 def grid(images: List[Tensor], nrow: int, padding: int = 2) -> Tensor:
-    """uint8 C×H×W images (same size) in a grid of `nrow` per line with `padding` black pixels: C×H'×W'."""
-    return make_grid(torch.stack(images), nrow=nrow, padding=padding, pad_value=0)
+    """uint8 C×H×W images (same size) in a grid of `nrow` per line with `padding` black pixels: 3×H'×W' (gray is
+    replicated), laid out as torchvision's make_grid lays them out."""
+    x = torch.stack(images)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    n, c, h, w = x.shape
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    out = torch.zeros((c, rows * (h + padding) + padding, cols * (w + padding) + padding), dtype=x.dtype)
+    for k in range(n):
+        top, left = (k // cols) * (h + padding) + padding, (k % cols) * (w + padding) + padding
+        out[:, top:top + h, left:left + w] = x[k]
+    return out
 
 
 class Uint8Images(torch.utils.data.Dataset):
