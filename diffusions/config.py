@@ -40,8 +40,9 @@ def from_config(cfg: dict, var_type: Optional[str] = None, skip_type: Optional[s
         betas = make_betas(cfg['beta_schedule'], cfg['total_steps'], cfg['beta_start'], cfg['beta_end'])
         timesteps = None
         if skip_type is not None:
-            timesteps = skip_sequence(skip_type, skip_steps, len(betas))
-            betas = respace_betas(torch.cumprod(1 - betas, 0), timesteps)
+            alphas_cumprod = torch.cumprod(1 - betas, 0)
+            timesteps = skip_sequence(skip_type, skip_steps, len(betas), alphas_cumprod)
+            betas = respace_betas(alphas_cumprod, timesteps)
         return DDPM(betas, objective=cfg['objective'], var_type=var_type or cfg['var_type'],
                     clip_denoised=cfg.get('clip_denoised', True), timesteps=timesteps)
 

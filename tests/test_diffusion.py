@@ -80,6 +80,10 @@ def test_skip_sequences_match_reference_definitions():
     assert skip_sequence('quad', 10, T).tolist() == ref_quad
     q = skip_sequence('quad', 100, T)
     assert len(q) == 100 and (q[1:] > q[:-1]).all() and q[-1] == 800
+    # trailing (Lin et al. 2024): np.round(np.arange(T, 0, -T / S)) - 1, as their reference snippet writes it
+    for S in (10, 7, 300):
+        ref = (np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1)[:S][::-1].tolist()
+        assert skip_sequence('trailing', S, T).tolist() == ref and ref[-1] == T - 1
     for bad in (0, T + 1):
         with pytest.raises(ValueError, match='skip_steps must be an integer in'):
             skip_sequence('uniform', bad, T)
@@ -87,7 +91,65 @@ def test_skip_sequences_match_reference_definitions():
         skip_sequence('every', 10, T)
 
 
-@pytest.mark.parametrize('skip_type', ['uniform', 'uniform2', 'quad'])
+def space_timesteps(num_timesteps, section_counts):
+    """improved-diffusion's respace.space_timesteps, verbatim but for the "ddimN" branch (not used here)."""
+    size_per = num_timesteps // len(section_counts)
+    extra = num_timesteps % len(section_counts)
+    start_idx = 0
+    all_steps = []
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < section_count:
+            raise ValueError(f"cannot divide section of {size} steps into {section_count}")
+        if section_count <= 1:
+            frac_stride = 1
+        else:
+            frac_stride = (size - 1) / (section_count - 1)
+        cur_idx = 0.0
+        taken_steps = []
+        for _ in range(section_count):
+            taken_steps.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        all_steps += taken_steps
+        start_idx += size
+    return set(all_steps)
+
+
+@pytest.mark.parametrize('S', [3, 250, 300, 400, 501, 600, 900, 999])
+def test_uniform_with_any_number_of_steps(S):
+    """S that does not divide T: improved-diffusion's even spacing from 0 to T-1, so the chain starts at t = T-1
+    (the old stride ⌊T/S⌋ = 1 started S = 501 at t = 500 from N(0, I)); divisors keep DDIM's sequence."""
+    seq = skip_sequence('uniform', S, T)
+    if T % S:
+        assert seq.tolist() == sorted(space_timesteps(T, [S]))
+        assert seq[0] == 0 and seq[-1] == T - 1 and len(seq) == S
+        gaps = seq[1:] - seq[:-1]
+        assert gaps.max() - gaps.min() <= 1
+    else:
+        assert seq.tolist() == list(range(0, T, T // S))
+    for divisor in (1, 2, 8, 40, 125, 250, 500):
+        assert skip_sequence('uniform', divisor, T).tolist() == list(range(0, T, T // divisor))
+
+
+@pytest.mark.parametrize('schedule', ['linear', 'cosine'])
+def test_logsnr_steps_are_even_in_log_snr(schedule):
+    """logsnr: S distinct steps from 0 to T-1 whose λ = ½ log(ᾱ / (1 − ᾱ)) are as evenly spaced as integer t
+    allows (each within half a step of its target, where no repeat had to be pushed)."""
+    abar = from_config(dict(LINEAR, beta_schedule=schedule)).table['alphas_cumprod']
+    lam = 0.5 * (abar.log() - torch.log1p(-abar))
+    for S in (10, 20, 50, 250, 1000):
+        seq = skip_sequence('logsnr', S, T, abar)
+        assert len(seq) == S and (seq[1:] > seq[:-1]).all() and seq[0] == 0 and seq[-1] == T - 1
+        targets = torch.linspace(lam[-1].item(), lam[0].item(), S, dtype=torch.float64).flip(0)
+        for t, target in zip(seq.tolist(), targets.tolist()):
+            nearest = (lam - target).abs().argmin().item()
+            if nearest == t:          # not pushed: no integer timestep is closer to its λ target
+                assert abs(lam[t] - target) <= min(abs(lam[max(t - 1, 0)] - target), abs(lam[min(t + 1, T - 1)] - target))
+    with pytest.raises(ValueError, match="'logsnr' needs the schedule's alphas_cumprod"):
+        skip_sequence('logsnr', 10, T)
+
+
+@pytest.mark.parametrize('skip_type', ['uniform', 'uniform2', 'quad', 'trailing', 'logsnr'])
 def test_respaced_chain_keeps_marginals(skip_type):
     full = from_config(LINEAR)
     d = from_config(LINEAR, skip_type=skip_type, skip_steps=50)
