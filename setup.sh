@@ -12,7 +12,7 @@
 # - PyTorch, if the environment has none: on a machine without an NVIDIA GPU, the CPU build from PyTorch's CPU index
 #   when that index answers (a few hundred MB instead of the CUDA build's GBs); else the default build of pip's index.
 #   To choose a build, set TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cu126) before running this.
-# - requirements.txt and the test tools (pytest, diffusers); a default accelerate config (`accelerate config default`) if there is none,
+# - requirements.txt and the test tools (pytest, pytest-xdist to run the suite on 2 cores, diffusers); a default accelerate config (`accelerate config default`) if there is none,
 #   so `accelerate launch` starts without its defaults warning.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,8 +43,8 @@ if ! "$PY" -c 'import torch, torchvision' 2> /dev/null; then
   echo "setup: installing torch and torchvision${index:+ from $index}"
   "$PY" -m pip install -q torch torchvision ${index:+--index-url "$index"}
 fi
-echo "setup: installing requirements.txt and the test tools (pytest; diffusers, whose UNet the tests convert)"
-"$PY" -m pip install -q -r requirements.txt pytest diffusers
+echo "setup: installing requirements.txt and the test tools (pytest, pytest-xdist; diffusers, whose UNet the tests convert)"
+"$PY" -m pip install -q -r requirements.txt pytest pytest-xdist diffusers
 
 config=$("$PY" -c 'from accelerate.commands.config.config_args import default_config_file as f; print(f)')
 if [ ! -f "$config" ]; then                 # no saved accelerate config yet: the defaults for this machine

@@ -1,13 +1,21 @@
 """Shared fixtures, and the `slow` mark: tests that run the scripts as commands or train for seconds.
 
-    python3 -m pytest -q tests                  # the whole suite
-    python3 -m pytest -q tests -m "not slow"    # the quick loop
+    python3 -m pytest -q tests -n 2                  # the whole suite, two tests at a time (pytest-xdist)
+    python3 -m pytest -q tests -n 2 -m "not slow"    # the quick loop
 """
 import math
+import socket
 from unittest import mock
 
 import pytest
 import torch
+
+
+def free_port() -> int:
+    """A TCP port free right now, for a launcher's --main_process_port: tests may run side by side (-n 2)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

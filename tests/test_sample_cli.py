@@ -1,6 +1,5 @@
 """sample_ddpm.py end to end on a tiny random UNet (CPU): modes, determinism across processes, resume, errors."""
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,6 +15,8 @@ from models import build_model
 from utils import images
 from utils.config import apply_overrides, load_config
 from utils.errors import run_main
+
+from conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'configs', 'ddpm_tiny.yaml')
@@ -148,12 +149,6 @@ def test_load_ema_and_sampler_flags_mean_what_they_say(run, ckpt_dir, tmp_path, 
     raw, ema = direct('model.pt'), direct('ema.pt')
     assert not np.array_equal(raw, ema)
     assert np.array_equal(got, raw if load_ema == 'false' else ema)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def launch(args, processes):

@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
 
@@ -65,23 +67,24 @@ def assert_same_tree(a, b, path=''):
 
 @pytest.mark.slow
 def test_quickstart_config_end_to_end(tmp_path):
-    """The README's quick-start config on the real Fashion-MNIST files: checkpoint, sample grid, TensorBoard."""
+    """The README's quick-start config on the real Fashion-MNIST files: checkpoint, sample grid, TensorBoard.
+    (20 steps of batch 16 and a grid of 16: the config's batch and 64-image grid would take 35 s more here.)"""
     exp = tmp_path / 'run'
     p = train(['-e', str(exp), '--train.n_steps', '20', '--train.save_freq', '20', '--train.sample_freq', '20',
-               '--train.print_freq', '10'])
+               '--train.print_freq', '10', '--train.batch_size', '16', '--train.n_samples', '16'])
     assert 'step 20: loss' in p.stdout
     assert (exp / 'config.yaml').is_file() and (exp / 'output.log').is_file()
     assert open(exp / 'ckpt' / 'latest').read().strip() == 'step0000020'
     assert {f for f in os.listdir(exp / 'ckpt' / 'step0000020')} == {'model.pt', 'ema.pt', 'optimizer.pt', 'meta.pt', 'rng_0.pt'}
     grid = Image.open(exp / 'samples' / 'step0000020.png')
-    assert grid.size[0] > 16 * 8                      # 64 images of 16x16 in an 8x8 grid with padding
+    assert grid.size[0] > 16 * 4                      # 16 images of 16x16 in a 4x4 grid with padding
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(exp / 'tensorboard'))
     events.Reload()
     assert 'train/loss' in events.Tags()['scalars'] and 'samples/ema' in events.Tags()['images']
     (image,) = events.Images('samples/ema')
     assert image.step == 20 and (image.width, image.height) == grid.size
-    assert 'sampling the grid of 64 EMA images (100 steps)' in p.stdout
+    assert 'sampling the grid of 16 EMA images (100 steps)' in p.stdout
     assert load(exp / 'ckpt' / 'step0000020', 'ema.pt')['num_updates'] == 20
 
 
@@ -113,7 +116,7 @@ def test_two_cpu_processes_match_one_process(tmp_path, image_dir, on_gpu):
     1 process and lands on the same weights. The data-on-device variant also keeps the parameters in one buffer
     (train.flat_params: DDP reduces the model's gradients, then they are gathered into the one optimizer tensor).
     """
-    launch = ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', '29613')
+    launch = ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', str(free_port()))
     over = tiny(image_dir, **{'data.on_gpu': on_gpu, 'train.sample_freq': 2, 'model.params.dropout': 0.0,
                               'train.flat_params': on_gpu})
     two, one, mixed = tmp_path / 'two', tmp_path / 'one', tmp_path / 'mixed'
@@ -292,7 +295,7 @@ def test_signal_to_one_of_two_processes_saves_and_stops_both(tmp_path, image_dir
     exp = tmp_path / 'term2'
     over = tiny(image_dir, **{'data.on_gpu': 'false', 'train.save_freq': 100000, 'train.print_freq': 100000})
     p = start_training(exp, over, ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2',
-                                   '--main_process_port', '29617'))
+                                   '--main_process_port', str(free_port())))
     time.sleep(3.0)                                  # training steps are running
     pids = worker_pids(exp)
     assert len(pids) == 2, pids
@@ -311,7 +314,7 @@ def test_signal_to_one_of_two_processes_saves_and_stops_both(tmp_path, image_dir
 
 @pytest.mark.slow
 def test_fid_settings_fail_at_start_on_every_process(tmp_path, image_dir):
-    launch = ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', '29619')
+    launch = ('accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', str(free_port()))
     over = tiny(image_dir, **{'train.fid_freq': 2, 'train.fid_steps': 5, 'train.fid_weights': str(tmp_path / 'missing.pth')})
     p = train(['-e', str(tmp_path / 'f'), '--train.n_steps', '4', *over], launcher=launch, check=False)
     assert p.returncode != 0
@@ -389,13 +392,13 @@ def test_flat_params_train_the_same_and_checkpoints_cross_settings(tmp_path, ima
     of either setting resumes in the other."""
     over = tiny(image_dir, **{'model.params.dropout': 0.0, 'train.n_samples': 0})
     flat = ['--train.flat_params', 'true']
-    runs = {'per_param': [], 'flat': flat, 'flat_split': flat, 'to_flat': [], 'from_flat': flat}
-    for name, setting in runs.items():
-        steps = '4' if name in ('per_param', 'flat') else '2'
-        train(['-e', str(tmp_path / name), '--train.n_steps', steps, *setting, *over])
-    for name, setting in [('flat_split', flat), ('to_flat', flat), ('from_flat', [])]:
-        train(['-e', str(tmp_path / name), '--train.n_steps', '4', '--train.resume', 'latest', *setting, *over])
-    ck = {name: tmp_path / name / 'ckpt' / 'step0000004' for name in runs}
+    for name, setting in [('per_param', []), ('flat', flat)]:
+        train(['-e', str(tmp_path / name), '--train.n_steps', '4', *setting, *over])
+    # resumed from the step-2 checkpoints of those two runs, in new folders
+    for name, setting, source in [('flat_split', flat, 'flat'), ('to_flat', flat, 'per_param'), ('from_flat', [], 'flat')]:
+        train(['-e', str(tmp_path / name), '--train.n_steps', '4', *setting, *over,
+               '--train.resume', str(tmp_path / source / 'ckpt' / 'step0000002')])
+    ck = {name: tmp_path / name / 'ckpt' / 'step0000004' for name in ('per_param', 'flat', 'flat_split', 'to_flat', 'from_flat')}
     for name in ('model.pt', 'ema.pt', 'optimizer.pt', 'meta.pt', 'rng_0.pt'):
         assert_same_tree(load(ck['flat'], name), load(ck['flat_split'], name), name)
 
