@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Evaluate generated samples: FID, KID and Inception Score by torch-fidelity.
+"""Evaluate generated samples: FID, KID and Inception Score by torch-fidelity; or (--nll) a trained model's
+variational bound on the negative log-likelihood of real images, in bits/dim.
 
     python evaluate_ddpm.py --samples runs/x/samples --ref-config configs/ddpm_fashion_mnist.yaml --fid
     python evaluate_ddpm.py --samples samples.npz --ref-stats ref.npz --fid --feature-extractor-weights W.pth
     accelerate launch evaluate_ddpm.py ...   # the main process does the work, on its device
+
+    accelerate launch evaluate_ddpm.py --nll -c CONFIG --weights CKPT [--split test] [--n_images N] ...
+                                             # the images are shared by all processes (see --nll --help)
 
 The reference is one of: --ref-config (the config's dataset as training sees it; its statistics are
 cached, see --cache-dir), --ref (a folder of images or an .npz) or --ref-stats (a statistics .npz:
@@ -11,8 +15,11 @@ pytorch-fid style mu/sigma, or mu/sigma_triu). See docs/evaluation.md. Features 
 utils/fid.py's; this file reads the sample sets and puts the metrics together.
 """
 import argparse
+import hashlib
 import json
+import math
 import os
+import shlex
 import sys
 import time
 import zipfile
@@ -276,10 +283,24 @@ def build_parser():
     p.add_argument("--save-ref-stats", metavar="FILE.npz", help="also write the reference statistics (mu, sigma)")
     p.add_argument("--out", metavar="FILE.json", help="write the results as JSON to this file ('-': stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress output from torch-fidelity")
+    p.add_argument("--nll", action="store_true", help="another mode: the variational bound of a trained model in "
+                                                      "bits/dim (see python evaluate_ddpm.py --nll --help)")
     return p
 
 
+def write_json(res: dict, out):
+    """The results as JSON to `out` (written atomically), to stdout for '-', nowhere for None."""
+    if out == "-":
+        print(json.dumps(res, indent=2))
+    elif out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        atomic_write(out, lambda f: f.write(json.dumps(res, indent=2) + "\n"), mode="w")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--nll" in argv:
+        return nll_main(argv)
     args = build_parser().parse_args(argv)
     from accelerate import PartialState
     state = PartialState()
@@ -295,11 +316,143 @@ def main(argv=None):
                    isc_splits=args.isc_splits, cache_dir=args.cache_dir, save_ref_stats=args.save_ref_stats,
                    verbose=not args.quiet)
     print(format_table(res), flush=True)
-    if args.out == "-":
-        print(json.dumps(res, indent=2))
-    elif args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        atomic_write(args.out, lambda f: f.write(json.dumps(res, indent=2) + "\n"), mode="w")
+    write_json(res, args.out)
+    return res
+
+
+# ----------------------------------------------------------------------------- the variational bound (--nll)
+
+NLL_DOC = """The variational bound on the negative log-likelihood of a trained DDPM in bits/dim (Ho et al. 2020, eq. 5;
+the NLL of their CIFAR-10 results), on real images of the config's dataset.
+
+    accelerate launch evaluate_ddpm.py --nll -c CONFIG --weights CKPT [--load_ema true]
+        [--var_type fixed_large|fixed_small|both] [--split test] [--n_images N] [--batch_size B] [--seed S]
+        [--out FILE.json] [--key.sub value ...]
+
+It costs S network calls per image (S = diffusion.total_steps: 1000 for the paper's models); --var_type both
+scores both variances from the same calls. Image k (the first N of the split, as training sees them) has its
+own noise, from a generator seeded by (seed, k): the result does not depend on --batch_size or on the number
+of processes. Batches of B images go to the processes round-robin; the main process gathers the per-image
+bounds, prints one line per variance and writes the JSON. See docs/evaluation.md.
+"""
+NLL_TERMS = ("prior", "vb", "decoder", "total")
+
+
+def build_nll_parser():
+    from diffusions import VAR_TYPES
+    p = ArgumentParser(prog="evaluate_ddpm.py --nll", description=NLL_DOC,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p.add_argument("--nll", action="store_true", help="this mode")
+    p.add_argument("-c", "--config", required=True, help="the YAML config the weights were trained with")
+    p.add_argument("--weights", required=True, help="checkpoint folder EXP_DIR/ckpt/stepNNNNNNN, a model/ema .pt "
+                                                    "file, or a diffusers UNet2DModel folder (as sample_ddpm.py)")
+    p.add_argument("--load_ema", default="true",
+                   help="true: the EMA weights of a checkpoint folder (default); false: the raw ones")
+    p.add_argument("--var_type", default=None,
+                   help=f"variance of the reverse steps: {' | '.join(VAR_TYPES + ('both',))} (default: the config's)")
+    p.add_argument("--split", default="test", help="dataset split to score (default: test)")
+    p.add_argument("--n_images", type=int, default=None, help="score the first N images of the split (default: all)")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=64,
+                   help="images per forward pass, per process (default 64)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="base seed of every image's noise (default: the config's seed)")
+    p.add_argument("--allow_config_change", action="store_true",
+                   help="score although the checkpoint was made with another network shape, chain or image size")
+    p.add_argument("--out", metavar="FILE.json", help="write the results as JSON to this file ('-': stdout)")
+    return p
+
+
+def image_seed(seed: int, k: int) -> int:
+    """The 63-bit seed of image k's noise: a hash of (seed, k), so nearby seeds and images give unrelated streams."""
+    digest = hashlib.sha256(f"ddpm-nll:{seed}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def nll_main(argv):
+    """``evaluate_ddpm.py --nll``: the bound of the first N images of a split, on every process of the launch."""
+    import datasets
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from tqdm import tqdm
+
+    from diffusions import VAR_TYPES, from_config, variational_bounds
+    from models import build_model
+    from sample_ddpm import load_weights, str2bool
+    from utils import checkpoint as ckpt
+    from utils.config import parse_args
+
+    t0 = time.perf_counter()
+    args, cfg = parse_args(build_nll_parser(), argv)
+    args.load_ema = str2bool(args.load_ema)
+    var_types = VAR_TYPES if args.var_type == "both" else (args.var_type or cfg["diffusion"]["var_type"],)
+    if var_types[0] not in VAR_TYPES:
+        raise UserError(f"unknown --var_type {args.var_type!r}; choose one of {', '.join(VAR_TYPES + ('both',))}")
+    if args.split not in datasets.SPLITS:
+        raise UserError(f"unknown --split {args.split!r}; choose one of {', '.join(datasets.SPLITS)}")
+    for name, value in (("--n_images", args.n_images), ("--batch_size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if args.out not in (None, "-"):
+        check_writable(args.out, "--out")
+    seed = cfg["seed"] if args.seed is None else args.seed
+    ddpms = [from_config(cfg["diffusion"], var_type=v) for v in var_types]
+    data = datasets.load_uint8(cfg["data"], args.split)          # uint8 N×C×H×W, resized as training sees it
+    n = len(data) if args.n_images is None else args.n_images
+    if n > len(data):
+        raise UserError(f"--n_images {n} is more than the {len(data)} images of the {args.split} split")
+    model = build_model(cfg["model"])
+    sd, _, notes = load_weights(args, cfg)
+    ckpt.load_state_dict_checked(model, sd, f"weights {args.weights}")
+    model.eval().requires_grad_(False)
+
+    # N gloo processes on a CPU-only machine; float32 throughout (no autocast: the small terms need the precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    for line in notes:
+        accelerator.print(line)
+    model = model.to(device)
+    S, bs = ddpms[0].num_steps, args.batch_size
+    batches = [range(b, min(b + bs, n)) for b in range(0, n, bs)]
+    accelerator.print(f"nll: {n} {args.split} images, {S} steps ({S} network calls per image), "
+                      f"{' and '.join(var_types)}, on {world} process(es), batch {bs}")
+
+    # ---------------------------------------------------------------- this process's batches (round-robin)
+    per_image = {}              # image k -> {var_type: (prior, vb, decoder, total)}
+    step_sums = {}              # batch b -> {var_type: (S,) sum of its images' step terms}
+    bar = tqdm(total=S * len(batches), unit="step", desc="nll", dynamic_ncols=True,
+               disable=not accelerator.is_main_process)
+    for r, b in enumerate(range(rank, len(batches), world)):
+        ks = batches[b]
+        in_round = len(batches[r * world:(r + 1) * world])     # batches running in parallel with this one
+        x0 = datasets.to_unit_range(data[ks.start:ks.stop]).to(device)
+        generators = [torch.Generator().manual_seed(image_seed(seed, k)) for k in ks]
+        results = variational_bounds(ddpms, model, x0, generators, progress=lambda c: bar.update(c * in_round))
+        rows = {v: torch.stack([res[t] for t in NLL_TERMS], 1).cpu().tolist() for v, res in zip(var_types, results)}
+        for j, k in enumerate(ks):
+            per_image[k] = {v: rows[v][j] for v in var_types}
+        step_sums[b] = {v: res["terms"].sum(0).cpu() for v, res in zip(var_types, results)}
+    bar.close()
+
+    # ---------------------------------------------------------------- gather, summarise (main process)
+    gathered = gather_object([(per_image, step_sums)])
+    if not accelerator.is_main_process:
+        return None
+    per_image = {k: row for part, _ in gathered for k, row in part.items()}
+    step_sums = {b: sums for _, part in gathered for b, sums in part.items()}
+    res = {"bits_per_dim": {}, "n_images": n, "split": args.split, "var_type": args.var_type or var_types[0],
+           "num_steps": S, "config": args.config, "weights": args.weights, "load_ema": args.load_ema, "seed": seed,
+           "processes": world, "command": shlex.join(["evaluate_ddpm.py", *argv])}
+    for v in var_types:
+        values = torch.tensor([per_image[k][v] for k in range(n)], dtype=torch.float64)      # n × 4, image order
+        means = dict(zip(NLL_TERMS, values.mean(0).tolist()))
+        std_error = values[:, 3].std().item() / math.sqrt(n) if n > 1 else None
+        per_step = sum((step_sums[b][v] for b in range(len(batches))), torch.zeros(S, dtype=torch.float64)) / n
+        res["bits_per_dim"][v] = dict(means, total_std_error=std_error, per_step=per_step.tolist())
+        se = "" if std_error is None else f" ± {std_error:.4f}"
+        print(f"NLL bound {v}: {means['total']:.4f}{se} bits/dim (prior {means['prior']:.4f} + vb {means['vb']:.4f} "
+              f"+ decoder {means['decoder']:.4f}) on {n} {args.split} images, {S} steps", flush=True)
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    write_json(res, args.out)
     return res
 
 

@@ -84,10 +84,15 @@ class DDPM(Sampler):
             posterior_mean_coef1=betas * abar_prev.sqrt() / (1 - abar),              # × x0, eq. 7
             posterior_mean_coef2=(1 - abar_prev) * alphas.sqrt() / (1 - abar),       # × x_t, eq. 7
         )
-        # the reverse-step standard deviation, zero at the last step (i = 0) where no noise is added
+        # the reverse-step variance: its log as the paper's code takes it for the variational bound (fixed_large
+        # β_t with β_0 replaced by β̃_1, the decoder's; fixed_small β̃_t clipped), and the standard deviation of
+        # sampling, zero at the last step (i = 0) where no noise is added
         if var_type == 'fixed_large':
+            table['model_log_variance'] = torch.log(torch.cat([posterior_variance[1:2], betas[1:]])) \
+                if self.num_steps > 1 else torch.log(betas)
             std = betas.sqrt()
         else:
+            table['model_log_variance'] = table['posterior_log_variance_clipped']
             std = (0.5 * table['posterior_log_variance_clipped']).exp()
         table['sigmas'] = torch.where(torch.arange(self.num_steps) == 0, torch.zeros_like(std), std)
         self.table = table
