@@ -199,7 +199,8 @@ def main():
             sample_grid(accelerator, state.ema.model, diffusion, grid_noise, cfg['seed'],
                         os.path.join(exp_dir, 'samples', f'step{step:07d}.png'), log, step)
         if fid_setup is not None and step % tc['fid_freq'] == 0:
-            log.info(f"FID: sampling {tc['fid_n_samples']} EMA images ({tc['fid_sampler']}, {tc['fid_steps']} steps)")
+            log.info(f"FID: sampling {tc['fid_n_samples']} EMA images ({tc['fid_sampler']}, {tc['fid_steps']} "
+                     f"{tc['fid_skip_type']} steps)")
             log.scalars({'fid': training_fid(accelerator, state.ema.model, cfg, fid_setup)}, step, prefix='eval')
     pbar.close()
     log.close()
@@ -404,10 +405,10 @@ def prepare_fid(accelerator, cfg) -> dict:
     from utils.fid import cached_reference, check_weights, load_stats
     tc = cfg['train']
     try:
-        diffusion = from_config(cfg['diffusion'], skip_type='uniform', skip_steps=tc['fid_steps'])
+        diffusion = from_config(cfg['diffusion'], skip_type=tc['fid_skip_type'], skip_steps=tc['fid_steps'])
         sampler = make_sampler(tc['fid_sampler'], diffusion)
     except UserError as e:
-        raise UserError(f'train.fid_steps / train.fid_sampler: {e}') from None
+        raise UserError(f'train.fid_steps / fid_skip_type / fid_sampler: {e}') from None
 
     def reference():
         try:
