@@ -12,10 +12,11 @@ continues where it stopped. Writes OUT_DIR/fid_table.json and OUT_DIR/fid_table.
 (`--key.sub value`) are passed on to the sampler. `--stage sample` runs only the samplers (e.g. one process per
 GPU, each with its own `--rows`, all into one OUT_DIR); `--stage score` then scores what they wrote.
 
-ROWS is a comma list of SAMPLER:VAR_TYPE:STEPS (VAR_TYPE '-' for DDIM / DPM-Solver++); the default is the
-paper's table plus the fast samplers: fixed_large and fixed_small at 1000/100/50/10 steps, DDIM (eta 0)
-at 100/50/10, DPM-Solver++ at 20/10. Steps equal to the config's T run the full chain; fewer use `uniform`
-skipping for DDPM and DDIM (as in the paper and DDIM) and `quad` for DPM-Solver++ (denser near t = 0).
+ROWS is a comma list of SAMPLER:VAR_TYPE:STEPS[:SPACING] (VAR_TYPE '-' for DDIM / DPM-Solver++); the default
+is the paper's table plus the fast samplers: fixed_large and fixed_small at 1000/100/50/10 steps, DDIM (eta 0)
+at 100/50/10, DPM-Solver++ at 20/10. Steps equal to the config's T run the full chain; fewer are spaced by
+SPACING (a `--skip_type` of sample_ddpm.py: uniform, uniform2, quad, trailing, logsnr), by default `uniform`
+for DDPM and DDIM (as in the paper and DDIM) and `quad` for DPM-Solver++ (denser near t = 0).
 """
 import argparse
 import json
@@ -38,17 +39,26 @@ DEFAULT_ROWS = ('ddpm:fixed_large:1000,ddpm:fixed_large:100,ddpm:fixed_large:50,
 
 
 def parse_rows(text: str, total_steps: int) -> list:
+    from diffusions import SKIP_TYPES
     rows = []
     for item in text.split(','):
         try:
-            sampler, var_type, steps = item.strip().split(':')
+            sampler, var_type, steps, *spacing = item.strip().split(':')
             steps = int(steps)
+            if len(spacing) > 1:
+                raise ValueError
         except ValueError:
-            raise UserError(f"--rows item {item!r} is not SAMPLER:VAR_TYPE:STEPS (e.g. ddpm:fixed_small:100)") from None
+            raise UserError(f"--rows item {item!r} is not SAMPLER:VAR_TYPE:STEPS[:SPACING] "
+                            f"(e.g. ddpm:fixed_small:100, dpm_solver++:-:10:logsnr)") from None
+        if spacing and spacing[0] not in SKIP_TYPES:
+            raise UserError(f"--rows item {item!r}: unknown spacing {spacing[0]!r}; choose one of {', '.join(SKIP_TYPES)}")
         steps = min(steps, total_steps)
         name = f"{sampler}-{var_type}-{steps}" if var_type != '-' else f"{sampler}-{steps}"
+        name += f"-{spacing[0]}" if spacing else ''
+        skip_type = None if steps == total_steps else (spacing[0] if spacing else
+                                                       'quad' if sampler == 'dpm_solver++' else 'uniform')
         rows.append({'name': name.replace('+', 'p'), 'sampler': sampler, 'var_type': None if var_type == '-' else var_type,
-                     'steps': steps})
+                     'steps': steps, 'skip_type': skip_type})
     return rows
 
 
@@ -58,8 +68,8 @@ def sample_command(args, overrides, row, total_steps, out):
            '--save_dir', out, '--sampler', row['sampler'], '--seed', str(args.seed), '--save_npz']
     if row['var_type']:
         cmd += ['--var_type', row['var_type']]
-    if row['steps'] < total_steps:
-        cmd += ['--skip_type', 'quad' if row['sampler'] == 'dpm_solver++' else 'uniform', '--skip_steps', str(row['steps'])]
+    if row['skip_type']:
+        cmd += ['--skip_type', row['skip_type'], '--skip_steps', str(row['steps'])]
     if args.compile:
         cmd += ['--compile', args.compile]
     return cmd
@@ -155,10 +165,10 @@ def main(argv=None):
 
 
 def markdown(results) -> str:
-    lines = ['| sampler | variance | steps | FID | samples | sampling s |', '|---|---|---|---|---|---|']
+    lines = ['| sampler | variance | steps | spacing | FID | samples | sampling s |', '|---|---|---|---|---|---|---|']
     for r in results:
-        lines.append(f"| {r['sampler']} | {r['var_type'] or '-'} | {r['steps']} | {r['fid']:.2f} | {r['n_samples']} | "
-                     f"{r['sample_seconds']:.0f} |")
+        lines.append(f"| {r['sampler']} | {r['var_type'] or '-'} | {r['steps']} | {r.get('skip_type') or '-'} | "
+                     f"{r['fid']:.2f} | {r['n_samples']} | {r['sample_seconds']:.0f} |")
     return '\n'.join(lines) + '\n'
 
 

@@ -48,7 +48,7 @@ def test_fid_table_rows_stages_and_resume(tmp_path, ckpt_dir, weights):
     common = ['-c', CONFIG, '--weights', ckpt_dir, '--ref-stats', str(tmp_path / 'ref.npz'),
               '--feature-extractor-weights', weights['random'], '--dims', '64', '--n-samples', '4',
               '--micro-batch', '2', *TINY]
-    rows = 'ddpm:fixed_small:5,dpm_solver++:-:4,ddpm:fixed_large:20'
+    rows = 'ddpm:fixed_small:5,dpm_solver++:-:4:logsnr,ddpm:fixed_large:20'
     for row in rows.split(',')[:2]:
         fid_table.main(common + ['--out-dir', str(tmp_path / 'table'), '--rows', row, '--stage', 'sample',
                                  '--feature-extractor-weights', str(tmp_path / 'not-needed-to-sample.pth')])
@@ -61,18 +61,22 @@ def test_fid_table_rows_stages_and_resume(tmp_path, ckpt_dir, weights):
     before = os.path.getmtime(tmp_path / 'table' / 'ddpm-fixed_small-5' / '000000.png')
     fid_table.main(common + ['--out-dir', str(tmp_path / 'table'), '--rows', rows])      # all: resumes two rows
     res = json.load(open(tmp_path / 'table' / 'fid_table.json'))['rows']
-    assert [r['name'] for r in res] == ['ddpm-fixed_small-5', 'dpm_solverpp-4', 'ddpm-fixed_large-20']
+    assert [r['name'] for r in res] == ['ddpm-fixed_small-5', 'dpm_solverpp-4-logsnr', 'ddpm-fixed_large-20']
     assert all(np.isfinite(r['fid']) and r['fid'] > 0 and r['n_samples'] == 4 for r in res)
     assert [r['fid'] for r in res[:2]] == pytest.approx([r['fid'] for r in staged], rel=1e-6)
     assert os.path.getmtime(tmp_path / 'table' / 'ddpm-fixed_small-5' / '000000.png') == before
     assert '--skip_type uniform --skip_steps 5' in res[0]['command'] and '--skip_type' not in res[2]['command']
-    assert '--skip_type quad --skip_steps 4' in res[1]['command']
+    assert '--skip_type logsnr --skip_steps 4' in res[1]['command']
     table = open(tmp_path / 'table' / 'fid_table.md').read().splitlines()
-    assert len(table) == 2 + 3 and table[4].startswith('| ddpm | fixed_large | 20 |')
+    assert len(table) == 2 + 3 and table[4].startswith('| ddpm | fixed_large | 20 | - |')
+    assert table[3].startswith('| dpm_solver++ | - | 4 | logsnr |')
 
 
 def test_bad_rows_are_one_line(tmp_path, ckpt_dir, weights):
     from utils.errors import UserError
+    with pytest.raises(UserError, match="unknown spacing 'even'; choose one of uniform"):
+        fid_table.main(['-c', CONFIG, '--weights', ckpt_dir, '--out-dir', str(tmp_path), '--ref-stats', 'x.npz',
+                        '--rows', 'ddim:-:10:even', *TINY])
     with pytest.raises(UserError, match='not SAMPLER:VAR_TYPE:STEPS'):
         fid_table.main(['-c', CONFIG, '--weights', ckpt_dir, '--out-dir', str(tmp_path), '--ref-stats', 'x.npz',
                         '--rows', 'ddpm-100', *TINY])
