@@ -3,6 +3,8 @@
     python bench/profile_step.py -c configs/ddpm_cifar10.yaml --train.fast true --steps 20 --out OUT_DIR
     python bench/profile_step.py -c configs/ddpm_cifar10.yaml --what sample --batch 500 --out OUT_DIR
     python bench/profile_step.py -c configs/ddpm_cifar10.yaml --what chain --batch 500 --out OUT_DIR
+    accelerate launch --multi_gpu --num_processes 2 bench/profile_step.py --train.fast true \
+        --train.batch_size 256 --out OUT_DIR          # one step on 2 GPUs, 128 images each
 
 `train` profiles the step train_ddpm.py runs: its own build_state and utils.train_state.train_step, with the
 config and any `--key value` overrides (ablations: `--train.flat_params false`), on random uint8 data kept on the
@@ -10,7 +12,9 @@ GPU. `sample` profiles one no-grad forward and `chain` one DDPM reverse step (fo
 the model prepared as `sample_ddpm.py --fast` prepares it (`--plain`: eager fp32). Prints the GPU time per kind
 (convolution, GEMM, normalisation, layout conversion, elementwise, optimizer/EMA, copies) and the top kernels,
 and writes OUT_DIR/kernels.txt, OUT_DIR/kernels.tsv and a Chrome trace OUT_DIR/trace.json (chrome://tracing or
-Perfetto).
+Perfetto). Under `accelerate launch` with N processes, `train` profiles the step of N processes sharing the
+global batch (`train.batch_size`, as train_ddpm.py shares it), the gradient all-reduce counted as
+`communication`; every process profiles, process 0 writes the files.
 """
 import argparse
 import collections
@@ -34,6 +38,7 @@ from utils.config import parse_args  # noqa: E402
 from utils.train_state import train_step  # noqa: E402
 
 KINDS = [  # (kind, substrings of the kernel name), first match wins
+    ('communication', ('nccl', 'AllReduce', 'allreduce', 'Broadcast')),
     ('GEMM / attention', ('sdpa', 'flash', 'fmha', 'attention', 'nvjet')),   # before 'cudnn': cuDNN runs SDPA too
     ('layout conversion', ('nchwToNhwc', 'nhwcToNchw', 'transpose', 'permute')),
     ('convolution', ('conv', 'Conv', 'implicit_gemm', 'xmma_fprop', 'xmma_dgrad', 'xmma_wgrad', 'cudnn')),
@@ -73,11 +78,15 @@ def main():
     cfg = train_ddpm.resolve_speed(cfg)
     train_ddpm.check_config(cfg)
     tc, dc = cfg['train'], cfg['data']
-    batch = args.batch or tc['batch_size']
     mp = {False: 'no'}.get(tc['mixed_precision'], tc['mixed_precision'])
     accelerator = Accelerator(mixed_precision=mp if args.what == 'train' else 'no' if args.plain else 'bf16',
                               cpu=not torch.cuda.is_available())
-    device = accelerator.device
+    device, world = accelerator.device, accelerator.num_processes
+    batch = args.batch or tc['batch_size']
+    if args.what == 'train':
+        if batch % world:
+            raise SystemExit(f'error: batch {batch} does not divide over {world} processes')
+        batch //= world                     # this process's share of the global batch, as train_ddpm.py takes it
     diffusion = from_config(cfg['diffusion'])
     gen = torch.Generator(device).manual_seed(0)
     if args.what == 'train':
@@ -109,6 +118,7 @@ def main():
         step()
     if device.type == 'cuda':
         torch.cuda.synchronize()
+    accelerator.wait_for_everyone()
     t0 = time.time()
     for _ in range(args.steps):
         step()
@@ -121,6 +131,8 @@ def main():
             step()
         if device.type == 'cuda':
             torch.cuda.synchronize()
+    if not accelerator.is_main_process:
+        return
     os.makedirs(args.out, exist_ok=True)
     prof.export_chrome_trace(os.path.join(args.out, 'trace.json'))
     # device time per kernel: events that ran on the GPU (self device time), summed by name
@@ -142,7 +154,8 @@ def main():
     for name, ms in per_name.items():
         per_kind[kind_of(name)] += ms
     total = sum(per_name.values())
-    lines = [f'{args.what}, {args.config}, batch {batch}, {setting}: '
+    lines = [f'{args.what}, {args.config}, batch {batch}' + (f' per process, {world} processes' if world > 1 else '') +
+             f', {setting}: '
              f'{wall * 1000:.1f} ms per step on the host clock ({1 / wall:.1f} steps/s), '
              f'{total:.1f} ms of kernel time per step', '', 'GPU time per kind (ms per step):']
     lines += [f'  {kind:32s} {ms:8.2f}  {ms / total:6.1%}' for kind, ms in per_kind.most_common()] if total else []
