@@ -3,10 +3,8 @@
     python bench/sampler_accuracy.py [--mu 0.3] [--s 0.5] [--schedule linear] [--steps 10,20,50,100]
 
 For x0 ~ N(mu, s²) per pixel the optimal network is known in closed form, and with it (clipping off) every
-sampler of `diffusions/` is an affine map of x_T and its step noises. So the mean and variance of its output
-propagate exactly: each step is x_{i-1} = A_i x_i + c_i + σ_i z, with A_i, c_i, σ_i read off the repo's own
-step at x_i ∈ {0, 1, 0} under a seeded generator whose draws are reproduced here, and Var_{i-1} = A_i² Var_i +
-σ_i². The multistep DPM-Solver++ is deterministic and read off as one affine map of x_T. x_T ~ N(0, I), as
+sampler of `diffusions/` is an affine map of x_T and its step noises, so the mean and variance of its output
+propagate exactly (diffusions/gaussian_oracle.py, read off the repo's own steps). x_T ~ N(0, I), as
 sample_ddpm.py draws it, so a chain that starts below T - 1 pays for it. Prints, per sampler and spacing, the
 error of the output mean and the relative error of its standard deviation (the tables in docs/sampling.md).
 """
@@ -15,43 +13,18 @@ import math
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from diffusions import DPMSolverPP, SKIP_TYPES, from_config, make_sampler  # noqa: E402
-
-
-def optimal_eps_model(abar_full, mu, s):
-    """ε*(x_t, t) for x0 ~ N(mu, s²), indexed by original timesteps t (B,)."""
-    def model(x, t):
-        a = abar_full[t].reshape(-1, *[1] * (x.dim() - 1)).to(x.dtype)
-        return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s * s + 1 - a)
-    return model
-
-
-def output_moments(sampler, model):
-    """Exact (mean, variance) of the sampler's output for x_T ~ N(0, 1)."""
-    probe = torch.tensor([[0.0], [1.0], [0.0]], dtype=torch.float64)
-    if isinstance(sampler, DPMSolverPP):
-        out = sampler.sample(model, probe)[:, 0]
-        return out[0].item(), (out[1] - out[0]).item() ** 2
-    mean, var = 0.0, 1.0
-    for i in reversed(range(sampler.num_steps)):
-        out = sampler.step(model, probe, i, torch.Generator().manual_seed(i))[0][:, 0]
-        z = torch.randn(probe.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)[:, 0]
-        sigma = ((out[0] - out[2]) / (z[0] - z[2])).item()
-        c = out[0].item() - sigma * z[0].item()
-        a = out[1].item() - c - sigma * z[1].item()
-        mean, var = a * mean + c, a * a * var + sigma * sigma
-    return mean, var
+from diffusions import SKIP_TYPES, from_config, make_sampler  # noqa: E402
+from diffusions.gaussian_oracle import exact_output_moments, gaussian_denoiser  # noqa: E402
 
 
 def errors(cfg, sampler, var_type, skip_type, steps, mu, s):
     """(mean error, relative std error) of the sampler's output against N(mu, s²)."""
-    model = optimal_eps_model(from_config(cfg).table['alphas_cumprod'], mu, s)
+    model = gaussian_denoiser(from_config(cfg).table['alphas_cumprod'], mu, s)
     full = steps == cfg['total_steps']
     ddpm = from_config(cfg, var_type=var_type, skip_type=None if full else skip_type, skip_steps=None if full else steps)
-    mean, var = output_moments(make_sampler(sampler, ddpm), model)
+    mean, var = exact_output_moments(make_sampler(sampler, ddpm), model)
     return mean - mu, math.sqrt(var) / s - 1
 
 

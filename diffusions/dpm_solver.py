@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .ddpm import DDPM, Model, Sampler
+from .schedules import log_snr
 
 
 class DPMSolverPP(Sampler):
@@ -37,7 +38,7 @@ class DPMSolverPP(Sampler):
         abar = ddpm.table['alphas_cumprod']                                 # (S,) float64
         self.alpha = abar.sqrt().tolist()
         self.sigma = (1 - abar).sqrt().tolist()
-        self.lam = (0.5 * (abar.log() - torch.log1p(-abar))).tolist()       # λ = log(√ᾱ / √(1-ᾱ))
+        self.lam = log_snr(abar).tolist()                                   # λ = log(√ᾱ / √(1-ᾱ))
 
     @torch.no_grad()
     def sample_loop(self, model: Model, x_T: Tensor, generator: Optional[torch.Generator] = None

@@ -55,6 +55,11 @@ def make_betas(schedule: str, total_steps: int, beta_start: float = 1e-4, beta_e
     raise ValueError(f"unknown diffusion.beta_schedule {schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
 
 
+def log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """λ = ½ log(ᾱ / (1 - ᾱ)) = log(√ᾱ / √(1-ᾱ)), elementwise, in alphas_cumprod's dtype (float64 tables)."""
+    return 0.5 * (alphas_cumprod.log() - torch.log1p(-alphas_cumprod))
+
+
 def evenly_spaced(S: int, T: int) -> list:
     """S integers from 0 to T-1 as evenly spaced as rounding allows: improved-diffusion's `space_timesteps`
     for one section (a stride of (T-1)/(S-1), accumulated and rounded)."""
@@ -96,8 +101,7 @@ def skip_sequence(skip_type: str, skip_steps: int, total_steps: int,
     elif skip_type == 'logsnr':
         if alphas_cumprod is None or len(alphas_cumprod) != T:
             raise ValueError(f"skip_type 'logsnr' needs the schedule's alphas_cumprod of length T={T}")
-        abar = alphas_cumprod.to(torch.float64)
-        lam = 0.5 * (abar.log() - torch.log1p(-abar))                      # (T,), decreasing in t
+        lam = log_snr(alphas_cumprod.to(torch.float64))                     # (T,), decreasing in t
         targets = torch.linspace(lam[-1].item(), lam[0].item(), S, dtype=torch.float64)   # ascending t order
         seq = (lam[None, :] - targets[:, None]).abs().argmin(1).sort().values
         seq = _distinct(seq, top=T - 1)

@@ -22,6 +22,7 @@ from accelerate.state import AcceleratorState
 import evaluate_ddpm
 from diffusions import (DDPM, discretized_gaussian_log_likelihood, from_config, normal_kl, variational_bound,
                         variational_bounds)
+from diffusions.gaussian_oracle import gaussian_denoiser
 from models import build_model
 from utils.errors import run_main
 import test_sample_cli as sample_cli
@@ -102,10 +103,7 @@ def quantized_gaussian_images(n, shape, generator, mu=MU, s=S_DATA):
 
 def optimal_x0_model(abar_full, mu=MU, s=S_DATA):
     """The optimal pred_x0 network for unquantized x0 ~ N(mu, s²), at original timesteps t (B,)."""
-    def model(x, t):
-        a = abar_full[t].reshape(-1, *[1] * (x.dim() - 1)).to(x.dtype)
-        return mu + a.sqrt() * s * s * (x - a.sqrt() * mu) / (a * s * s + 1 - a)
-    return model
+    return gaussian_denoiser(abar_full, mu, s, 'pred_x0')
 
 
 def tiny_ddpm(schedule, T, var_type, skip_steps=None, clip=False):

@@ -1,13 +1,8 @@
 """DDPM, DDIM and DPM-Solver++ against data whose optimal denoiser is known in closed form (float64).
 
-For data x0 ~ N(mu, s²) per pixel and x_t = √ᾱ x0 + √(1-ᾱ) ε, the optimal predictions are
-
-    ε*(x_t, t)  = √(1-ᾱ) (x_t − √ᾱ mu) / (ᾱ s² + 1 − ᾱ)
-    x0*(x_t, t) = mu + √ᾱ s² (x_t − √ᾱ mu) / (ᾱ s² + 1 − ᾱ)
-    v*(x_t, t)  = √ᾱ ε* − √(1-ᾱ) x0*
-
-with ᾱ = ᾱ_t of the full T-step schedule at the ORIGINAL timestep t the "model" receives. A correct
-sampler driven by this model returns samples ~ N(mu, s²) up to its discretisation error.
+diffusions/gaussian_oracle.py gives that denoiser for x0 ~ N(mu, s²) per pixel, with ᾱ = ᾱ_t of the full T-step
+schedule at the ORIGINAL timestep t the "model" receives, and the exact mean and variance of a sampler's output
+under it. A correct sampler driven by this model returns samples ~ N(mu, s²) up to its discretisation error.
 """
 import math
 
@@ -15,6 +10,7 @@ import pytest
 import torch
 
 from diffusions import DDIM, SKIP_TYPES, DPMSolverPP, from_config, make_sampler
+from diffusions.gaussian_oracle import exact_output_moments, gaussian_denoiser
 from utils.errors import UserError
 
 T = 1000
@@ -30,15 +26,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 def gaussian_model(cfg, objective, mu=MU, s=S_DATA):
     """The optimal network for x0 ~ N(mu, s²), indexed by original timesteps t (B,) of the full schedule."""
-    abar_full = from_config(cfg).table['alphas_cumprod']
-
-    def model(x, t):
-        a = abar_full[t].reshape(-1, *[1] * (x.dim() - 1)).to(x.dtype)
-        den = a * s * s + 1 - a
-        eps = (1 - a).sqrt() * (x - a.sqrt() * mu) / den
-        x0 = mu + a.sqrt() * s * s * (x - a.sqrt() * mu) / den
-        return {'pred_eps': eps, 'pred_x0': x0, 'pred_v': a.sqrt() * eps - (1 - a).sqrt() * x0}[objective]
-    return model
+    return gaussian_denoiser(from_config(cfg).table['alphas_cumprod'], mu, s, objective)
 
 
 def exact_x_T(ddpm, n, generator, mu=MU, s=S_DATA):
@@ -174,29 +162,6 @@ def test_bad_sampler_settings_are_one_line_errors():
         with pytest.raises(UserError, match='DDIM eta must be a number >= 0'):
             make_sampler('ddim', d, bad)
     assert make_sampler('ddpm', d) is d
-
-
-def exact_output_moments(sampler, model, mean=0.0, var=1.0):
-    """Mean and variance of the sampler's output for x_T ~ N(mean, var), exactly (float64, clipping off).
-
-    With the Gaussian-data model every step is affine: x_{i-1} = A_i x_i + c_i + σ_i z. A_i, c_i and σ_i are
-    read off the repo's own step at x_i ∈ {0, 1, 0} with a seeded generator whose draws z are reproduced
-    here, so Var_{i-1} = A_i² Var_i + σ_i². DPM-Solver++ (multistep, deterministic) is read off as one affine
-    map of x_T.
-    """
-    probe = torch.tensor([[0.0], [1.0], [0.0]], dtype=torch.float64)
-    if isinstance(sampler, DPMSolverPP):
-        out = sampler.sample(model, probe)[:, 0]
-        a, c = (out[1] - out[0]).item(), out[0].item()
-        return a * mean + c, a * a * var
-    for i in reversed(range(sampler.num_steps)):
-        out = sampler.step(model, probe, i, torch.Generator().manual_seed(i))[0][:, 0]
-        z = torch.randn(probe.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)[:, 0]
-        sigma = ((out[0] - out[2]) / (z[0] - z[2])).item()
-        c = out[0].item() - sigma * z[0].item()
-        a = out[1].item() - c - sigma * z[1].item()
-        mean, var = a * mean + c, a * a * var + sigma * sigma
-    return mean, var
 
 
 SAMPLERS_EXACT = [('ddpm', 'fixed_large'), ('ddpm', 'fixed_small'), ('ddim', None), ('dpm_solver++', None)]
