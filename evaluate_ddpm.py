@@ -376,9 +376,7 @@ def nll_main(argv):
     from tqdm import tqdm
 
     from diffusions import VAR_TYPES, from_config, variational_bounds
-    from models import build_model
-    from sample_ddpm import load_weights, str2bool
-    from utils import checkpoint as ckpt
+    from sample_ddpm import load_model, str2bool
     from utils.config import parse_args
 
     t0 = time.perf_counter()
@@ -400,10 +398,7 @@ def nll_main(argv):
     n = len(data) if args.n_images is None else args.n_images
     if n > len(data):
         raise UserError(f"--n_images {n} is more than the {len(data)} images of the {args.split} split")
-    model = build_model(cfg["model"])
-    sd, _, notes = load_weights(args, cfg)
-    ckpt.load_state_dict_checked(model, sd, f"weights {args.weights}")
-    model.eval().requires_grad_(False)
+    model, _, notes = load_model(args, cfg)
 
     # N gloo processes on a CPU-only machine; float32 throughout (no autocast: the small terms need the precision)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

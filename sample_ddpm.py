@@ -188,6 +188,14 @@ def load_weights(args, cfg):
         ckpt.weights_file(args.weights, args.load_ema), notes
 
 
+def load_model(args, cfg):
+    """(the config's network with --weights loaded, in eval mode without gradients, the weights file, lines to log)."""
+    model = build_model(cfg['model'])
+    sd, weights_file, notes = load_weights(args, cfg)
+    ckpt.load_state_dict_checked(model, sd, f"weights {args.weights}")
+    return model.eval().requires_grad_(False), weights_file, notes
+
+
 def main(argv=None):
     args, cfg = parse_args(get_parser(), argv)
     args.load_ema = str2bool(args.load_ema)
@@ -205,10 +213,7 @@ def main(argv=None):
     if args.mode != 'sample' and not 1 <= n_frames <= S:
         raise UserError(f"--n_{args.mode} must be in [1, {S}] (the number of sampling steps), got {n_frames}")
     steps = snapshot_steps(S, n_frames)
-    model = build_model(cfg['model'])
-    sd, weights_file, notes = load_weights(args, cfg)
-    ckpt.load_state_dict_checked(model, sd, f"weights {args.weights}")
-    model.eval().requires_grad_(False)
+    model, weights_file, notes = load_model(args, cfg)
 
     # ---------------------------------------------------------------- processes, settings, pending batches
     # N gloo processes on a CPU-only machine; --fast: bf16 autocast (else what accelerate launch/config says)

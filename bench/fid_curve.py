@@ -11,6 +11,7 @@ resumed session's first line, `exp dir: ...`). Several runs (e.g. settings compa
 """
 import argparse
 import datetime
+import math
 import os
 import re
 
@@ -59,7 +60,6 @@ def markdown(curves):
 
 def plot(curves, path, size=(720, 440), margin=(70, 20, 30, 50)):
     """A line plot of FID against training minutes, log-scaled FID axis, drawn with PIL."""
-    import math
     left, top, right, bottom = margin
     w, h = size
     img = Image.new('RGB', size, 'white')
