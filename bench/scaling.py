@@ -4,8 +4,9 @@
 
 Training (CIFAR-10 config, fast mode) runs through `accelerate launch --multi_gpu --num_processes N
 train_ddpm.py`, at a fixed global batch of 128 and at a fixed per-GPU batch of 128 (global 128·N); steps/s are
-the median of the log windows after warm-up (as in bench.py); 1 GPU also runs at each fixed-global point's
-per-GPU batch (128/N), to show what the smaller batch alone saves. Efficiency = images/s on N GPUs / (N × images/s
+the median of the log windows after warm-up (as in bench.py); `--global-gpus` picks the N that get the
+fixed-global point, and `--small-batch-baseline` also runs 1 GPU at that point's per-GPU batch (128/N), to show
+what the smaller batch alone saves. Efficiency = images/s on N GPUs / (N × images/s
 on 1 GPU). Sampling runs `sample_ddpm.py` on N processes (bf16, DDIM, `--sample-steps` steps) and is timed as the
 whole command minus the same command's time when every image already exists (start-up, model load, compile
 are subtracted); the PNGs of every N are compared byte for byte with those of 1 GPU.
@@ -115,12 +116,17 @@ def main():
     p.add_argument('--only', default='train,sample,equality', help='comma list of parts: train,sample,equality')
     p.add_argument('--fixed', choices=('global', 'per-gpu', 'both'), default='both',
                    help='training points: a fixed global batch of 128, 128 images per GPU, or both')
+    p.add_argument('--global-gpus', default=None,
+                   help='comma list: the N that get the fixed-global-batch point (default: every N of --gpus)')
+    p.add_argument('--small-batch-baseline', action='store_true',
+                   help='also train 1 GPU at each fixed-global point\'s per-GPU batch (128/N)')
     p.add_argument('--overrides', default='', help='config overrides added to the fast training runs, e.g. '
                                                    '"--train.compile_tuning false"')
     p.add_argument('--fid-weights', default=None, help='Inception weights: adds a training FID to the equality runs')
     p.add_argument('--fid-ref-stats', default=None, help='reference statistics .npz for that FID')
     args = p.parse_args()
     gpus = [int(g) for g in args.gpus.split(',')]
+    global_gpus = [int(g) for g in args.global_gpus.split(',')] if args.global_gpus else gpus
     parts = args.only.split(',')
     tmp = tempfile.mkdtemp(prefix='ddpm-scaling-')
     root = os.path.join(tmp, 'cifar10')
@@ -143,11 +149,12 @@ def main():
     if 'train' in parts:
         for n in gpus:
             over = args.overrides.split()
-            if n == 1 or args.fixed != 'per-gpu':
+            fixed_global = args.fixed != 'per-gpu' and n in global_gpus
+            if n == 1 or fixed_global:
                 attempt('train_fixed_global', train_point, n, 128, root, args.steps, tmp, over)
             if n > 1 and args.fixed != 'global':
                 attempt('train_fixed_per_gpu', train_point, n, 128 * n, root, args.steps, tmp, over)
-            if n > 1 and args.fixed != 'per-gpu' and 128 % n == 0:
+            if n > 1 and fixed_global and args.small_batch_baseline and 128 % n == 0:
                 # 1 GPU at the per-GPU batch of the fixed-global-batch point: how much of a step the smaller batch saves
                 attempt('train_1gpu_per_gpu_batch', train_point, 1, 128 // n, root, args.steps, tmp, over)
     if 'sample' in parts:
