@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
-from diffusions import SAMPLERS, SKIP_TYPES, VAR_TYPES, from_config, make_sampler
+from diffusions import SAMPLERS, SKIP_TYPES, VAR_TYPES, default_skip_type, from_config, make_sampler
 from models import build_model
 from models.convert import find_diffusers_folder, from_diffusers
 from models.fast import COMPILE_MODES, compile_for_sampling
@@ -57,7 +57,8 @@ def get_parser():
                                                     'or a diffusers UNet2DModel folder (e.g. google/ddpm-cifar10-32)')
     p.add_argument('--load_ema', default='true', help='true: the EMA weights of a checkpoint folder (default); false: the raw ones')
     p.add_argument('--var_type', default=None, help=f"DDPM variance: {' | '.join(VAR_TYPES)} (default: the config's)")
-    p.add_argument('--skip_type', default=None, help=f"timestep respacing: {' | '.join(SKIP_TYPES)} (default uniform with --skip_steps)")
+    p.add_argument('--skip_type', default=None, help=f"timestep respacing: {' | '.join(SKIP_TYPES)} (default with --skip_steps: the "
+                        f"sampler's, uniform for ddpm and ddim, logsnr for dpm_solver++)")
     p.add_argument('--skip_steps', type=int, default=None, help='sample with this many steps (default: all T)')
     p.add_argument('--n_samples', type=int, required=True, help='number of images (or rows)')
     p.add_argument('--save_dir', required=True, help='output folder; rerunning the same command resumes it')
@@ -203,7 +204,7 @@ def main(argv=None):
         args.compile, args.compile_tuning = args.compile or 'reduce-overhead', True
     check_args(args)
     seed = cfg['seed'] if args.seed is None else args.seed
-    skip_type = args.skip_type or ('uniform' if args.skip_steps is not None else None)
+    skip_type = args.skip_type or (default_skip_type(args.sampler) if args.skip_steps is not None else None)
 
     # ---------------------------------------------------------------- diffusion, sampler, model (CPU)
     diffusion = from_config(cfg['diffusion'], var_type=args.var_type, skip_type=skip_type, skip_steps=args.skip_steps)

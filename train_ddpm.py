@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
 import datasets
-from diffusions import from_config, make_sampler
+from diffusions import default_skip_type, from_config, make_sampler
 from models import EMA, build_model
 from models.fast import COMPILE_MODES, FastWeights, compile_for_training
 from utils import checkpoint as ckpt
@@ -200,7 +200,7 @@ def main():
                         os.path.join(exp_dir, 'samples', f'step{step:07d}.png'), log, step)
         if fid_setup is not None and step % tc['fid_freq'] == 0:
             log.info(f"FID: sampling {tc['fid_n_samples']} EMA images ({tc['fid_sampler']}, {tc['fid_steps']} "
-                     f"{tc['fid_skip_type']} steps)")
+                     f"{fid_setup['skip_type']} steps)")
             log.scalars({'fid': training_fid(accelerator, state.ema.model, cfg, fid_setup)}, step, prefix='eval')
     pbar.close()
     log.close()
@@ -405,7 +405,8 @@ def prepare_fid(accelerator, cfg) -> dict:
     from utils.fid import cached_reference, check_weights, load_stats
     tc = cfg['train']
     try:
-        diffusion = from_config(cfg['diffusion'], skip_type=tc['fid_skip_type'], skip_steps=tc['fid_steps'])
+        skip_type = tc['fid_skip_type'] or default_skip_type(tc['fid_sampler'])
+        diffusion = from_config(cfg['diffusion'], skip_type=skip_type, skip_steps=tc['fid_steps'])
         sampler = make_sampler(tc['fid_sampler'], diffusion)
     except UserError as e:
         raise UserError(f'train.fid_steps / fid_skip_type / fid_sampler: {e}') from None
@@ -419,7 +420,7 @@ def prepare_fid(accelerator, cfg) -> dict:
             return load_stats(tc['fid_ref_stats'])
         return cached_reference(cfg['data'], 'train', lambda: datasets.load_uint8(cfg['data'], 'train'),
                                 weights_path=tc['fid_weights'], device=accelerator.device, verbose=True)['stats']
-    return {'sampler': sampler, 'ref': on_main_process(accelerator, reference)}
+    return {'sampler': sampler, 'skip_type': skip_type, 'ref': on_main_process(accelerator, reference)}
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@ GPU, each with its own `--rows`, all into one OUT_DIR); `--stage score` then sco
 ROWS is a comma list of SAMPLER:VAR_TYPE:STEPS[:SPACING] (VAR_TYPE '-' for DDIM / DPM-Solver++); the default
 is the paper's table plus the fast samplers: fixed_large and fixed_small at 1000/100/50/10 steps, DDIM (eta 0)
 at 100/50/10, DPM-Solver++ at 20/10. Steps equal to the config's T run the full chain; fewer are spaced by
-SPACING (a `--skip_type` of sample_ddpm.py: uniform, uniform2, quad, trailing, logsnr), by default `uniform`
-for DDPM and DDIM (as in the paper and DDIM) and `quad` for DPM-Solver++ (denser near t = 0).
+SPACING (a `--skip_type` of sample_ddpm.py: uniform, uniform2, quad, trailing, logsnr), by default the
+sampler's own (`diffusions.DEFAULT_SKIP_TYPES`: uniform for DDPM and DDIM, logsnr for DPM-Solver++).
 """
 import argparse
 import json
@@ -39,7 +39,7 @@ DEFAULT_ROWS = ('ddpm:fixed_large:1000,ddpm:fixed_large:100,ddpm:fixed_large:50,
 
 
 def parse_rows(text: str, total_steps: int) -> list:
-    from diffusions import SKIP_TYPES
+    from diffusions import SKIP_TYPES, default_skip_type
     rows = []
     for item in text.split(','):
         try:
@@ -55,8 +55,7 @@ def parse_rows(text: str, total_steps: int) -> list:
         steps = min(steps, total_steps)
         name = f"{sampler}-{var_type}-{steps}" if var_type != '-' else f"{sampler}-{steps}"
         name += f"-{spacing[0]}" if spacing else ''
-        skip_type = None if steps == total_steps else (spacing[0] if spacing else
-                                                       'quad' if sampler == 'dpm_solver++' else 'uniform')
+        skip_type = None if steps == total_steps else (spacing[0] if spacing else default_skip_type(sampler))
         rows.append({'name': name.replace('+', 'p'), 'sampler': sampler, 'var_type': None if var_type == '-' else var_type,
                      'steps': steps, 'skip_type': skip_type})
     return rows

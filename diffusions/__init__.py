@@ -8,4 +8,4 @@ from .ddpm import DDPM, OBJECTIVES, VAR_TYPES
 from .ddim import DDIM
 from .dpm_solver import DPMSolverPP
 from .likelihood import discretized_gaussian_log_likelihood, normal_kl, variational_bound, variational_bounds
-from .config import SAMPLERS, from_config, make_sampler
+from .config import DEFAULT_SKIP_TYPES, SAMPLERS, default_skip_type, from_config, make_sampler

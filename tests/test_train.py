@@ -256,18 +256,20 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, image_dir):
     assert load(exp / 'ckpt' / f'step{step + 2:07d}', 'meta.pt')['step'] == step + 2
 
 
-def test_training_fid_is_logged(tmp_path, image_dir, weights):
-    """train.fid_freq: EMA samples from a fast sampler -> FID against the cached training-set statistics."""
+@pytest.mark.parametrize('skip_type,spacing', [('trailing', 'trailing'), (None, 'logsnr')])
+def test_training_fid_is_logged(tmp_path, image_dir, weights, skip_type, spacing):
+    """train.fid_freq: EMA samples from a fast sampler -> FID against the cached training-set statistics; without
+    train.fid_skip_type the sampler's default spacing (logsnr for DPM-Solver++)."""
     exp = tmp_path / 'fid'
     over = tiny(image_dir, **{'train.fid_freq': 2, 'train.fid_n_samples': 6, 'train.fid_steps': 3,
-                              'train.fid_skip_type': 'trailing', 'train.fid_sampler': 'dpm_solver++',
-                              'train.fid_weights': weights['random']})
+                              'train.fid_sampler': 'dpm_solver++', 'train.fid_weights': weights['random'],
+                              **({'train.fid_skip_type': skip_type} if skip_type else {})})
     env_cache = dict(ENV, DDPM_CACHE=str(tmp_path / 'cache'))
     p = subprocess.run([sys.executable, os.path.join(ROOT, 'train_ddpm.py'), '-c', os.path.join(ROOT, 'configs/ddpm_tiny.yaml'),
                         '-e', str(exp), '--train.n_steps', '2', *over], cwd=ROOT, env=env_cache, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert 'FID: sampling 6 EMA images (dpm_solver++, 3 trailing steps)' in p.stdout
+    assert f'FID: sampling 6 EMA images (dpm_solver++, 3 {spacing} steps)' in p.stdout
     line = [l for l in p.stdout.splitlines() if 'step 2: fid' in l]
     assert line, p.stdout[-2000:]
     fid = float(line[0].split('fid ')[1])
