@@ -220,7 +220,8 @@ def main(argv=None):
     # N gloo processes on a CPU-only machine; --fast: bf16 autocast (else what accelerate launch/config says)
     accelerator = Accelerator(mixed_precision='bf16' if args.fast else None, cpu=not torch.cuda.is_available())
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    settings = dict(weights=os.path.realpath(args.weights), weights_sha256=sha256(weights_file), load_ema=args.load_ema, model=cfg['model'], diffusion=cfg['diffusion'],
+    settings = dict(weights=os.path.realpath(args.weights), weights_sha256=sha256(weights_file),
+                    load_ema=args.load_ema, model=cfg['model'], diffusion=cfg['diffusion'],
                     img_size=cfg['data']['img_size'], precision=accelerator.mixed_precision, compile=args.compile,
                     seed=seed, micro_batch=args.micro_batch, sampler=args.sampler, eta=args.eta,
                     var_type=diffusion.var_type, skip_type=skip_type, skip_steps=args.skip_steps, mode=args.mode,
