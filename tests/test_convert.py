@@ -116,10 +116,13 @@ def test_sample_from_a_diffusers_folder_and_export_safetensors(tmp_path):
     exported = load_file(tmp_path / 'ema.safetensors')
     assert all(torch.equal(exported[k], v) for k, v in ours.state_dict().items())
     sample = ['sample_ddpm.py', '-c', 'configs/ddpm_tiny.yaml', '--n_samples', '2', '--micro_batch', '2', *tiny]
-    for name, weights in (('a', tmp_path / 'pipe'), ('b', ck / 'ema.pt')):
+    for name, weights in (('a', tmp_path / 'pipe'), ('b', ck / 'ema.pt'), ('s', tmp_path / 'ema.safetensors')):
         p = run(*sample, '--weights', str(weights), '--save_dir', str(tmp_path / name))
         assert p.returncode == 0, p.stderr[-2000:]
     for f in ('000000.png', '000001.png'):
-        assert (tmp_path / 'a' / f).read_bytes() == (tmp_path / 'b' / f).read_bytes()
+        assert (tmp_path / 'a' / f).read_bytes() == (tmp_path / 'b' / f).read_bytes() == (tmp_path / 's' / f).read_bytes()
+    (tmp_path / 'bad.safetensors').write_bytes(b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":1}')
+    p = run(*sample, '--weights', str(tmp_path / 'bad.safetensors'), '--save_dir', str(tmp_path / 'd'))
+    assert p.returncode == 2 and 'bad.safetensors is corrupt or not a PyTorch checkpoint' in p.stderr
     p = run(*sample, '--weights', str(tmp_path / 'pipe'), '--save_dir', str(tmp_path / 'c'), '--model.params.dim', '64')
     assert p.returncode == 2 and 'has model.params.dim = 32, the config 64' in p.stderr

@@ -105,10 +105,14 @@ def resolve(resume: str, exp_dir: Optional[str]) -> str:
 
 
 def load_file(path: str):
-    """torch.load with weights_only=True; a missing or corrupt file is a one-line UserError."""
+    """torch.load with weights_only=True, or safetensors' reader for a `.safetensors` file (which torch.load reads
+    only from torch 2.12 on); a missing or corrupt file is a one-line UserError."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint file {path} does not exist")
     try:
+        if str(path).endswith('.safetensors'):
+            from safetensors.torch import load_file as load_safetensors
+            return load_safetensors(path, device='cpu')
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # truncated zip, wrong format, pickled code...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
