@@ -53,12 +53,13 @@ def get_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument('-c', '--config', required=True, help='the YAML config the weights were trained with')
     p.add_argument('--seed', type=int, default=None, help="base seed of every batch's noise (default: the config's seed)")
-    p.add_argument('--weights', required=True, help='checkpoint folder EXP_DIR/ckpt/stepNNNNNNN, a model/ema .pt file, '
-                                                    'or a diffusers UNet2DModel folder (e.g. google/ddpm-cifar10-32)')
+    p.add_argument('--weights', required=True, help='checkpoint folder EXP_DIR/ckpt/stepNNNNNNN, a model/ema .pt or '
+                                                    '.safetensors file, or a diffusers UNet2DModel folder (e.g. '
+                                                    'google/ddpm-cifar10-32)')
     p.add_argument('--load_ema', default='true', help='true: the EMA weights of a checkpoint folder (default); false: the raw ones')
     p.add_argument('--var_type', default=None, help=f"DDPM variance: {' | '.join(VAR_TYPES)} (default: the config's)")
     p.add_argument('--skip_type', default=None, help=f"timestep respacing: {' | '.join(SKIP_TYPES)} (default with --skip_steps: the "
-                        f"sampler's, uniform for ddpm and ddim, logsnr for dpm_solver++)")
+                        f"sampler's, uniform for ddpm, logsnr for ddim and dpm_solver++)")
     p.add_argument('--skip_steps', type=int, default=None, help='sample with this many steps (default: all T)')
     p.add_argument('--n_samples', type=int, required=True, help='number of images (or rows)')
     p.add_argument('--save_dir', required=True, help='output folder; rerunning the same command resumes it')

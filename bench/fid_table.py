@@ -16,7 +16,7 @@ ROWS is a comma list of SAMPLER:VAR_TYPE:STEPS[:SPACING] (VAR_TYPE '-' for DDIM 
 is the paper's table plus the fast samplers: fixed_large and fixed_small at 1000/100/50/10 steps, DDIM (eta 0)
 at 100/50/10, DPM-Solver++ at 20/10. Steps equal to the config's T run the full chain; fewer are spaced by
 SPACING (a `--skip_type` of sample_ddpm.py: uniform, uniform2, quad, trailing, logsnr), by default the
-sampler's own (`diffusions.DEFAULT_SKIP_TYPES`: uniform for DDPM and DDIM, logsnr for DPM-Solver++).
+sampler's own (`diffusions.DEFAULT_SKIP_TYPES`: uniform for DDPM, logsnr for DDIM and DPM-Solver++).
 """
 import argparse
 import json

@@ -127,16 +127,17 @@ def test_seed_decides_the_images(run, ckpt_dir, tmp_path):
     ('true', 'ddim', ['--skip_type', 'quad', '--skip_steps', '6', '--eta', '0.5']),
     ('true', 'dpm_solver++', ['--skip_type', 'uniform2', '--skip_steps', '5']),
     ('true', 'dpm_solver++', ['--skip_steps', '5']),      # its default spacing: logsnr
+    ('true', 'ddim', ['--skip_steps', '5']),              # its default spacing: logsnr
 ])
 def test_load_ema_and_sampler_flags_mean_what_they_say(run, ckpt_dir, tmp_path, load_ema, sampler, skip):
     """The PNGs equal a direct computation with model.pt (false) or ema.pt['model'] (true), and not the other."""
     run(cli(ckpt_dir, tmp_path, '--load_ema', load_ema, '--sampler', sampler, *skip, n=3, mb=3))
     cfg = tiny_cfg()
     opt = dict(zip(skip[::2], skip[1::2]))
-    default = 'logsnr' if sampler == 'dpm_solver++' else 'uniform'     # chosen by FID (docs/sampling.md)
+    default = {'ddpm': 'uniform', 'ddim': 'logsnr', 'dpm_solver++': 'logsnr'}[sampler]   # by FID (docs/sampling.md)
     ddpm = from_config(cfg['diffusion'], var_type=opt.get('--var_type'), skip_type=opt.get('--skip_type', default),
                        skip_steps=int(opt['--skip_steps']))
-    if '--skip_type' not in opt and sampler == 'dpm_solver++':      # the case can tell the two spacings apart
+    if '--skip_type' not in opt and sampler != 'ddpm':      # the case can tell the two spacings apart
         assert ddpm.timesteps.tolist() != from_config(cfg['diffusion'], skip_type='uniform',
                                                       skip_steps=5).timesteps.tolist()
     got = np.stack([read(tmp_path, n) for n in pngs(tmp_path)])
