@@ -58,8 +58,9 @@ def get_parser():
                                                     'google/ddpm-cifar10-32)')
     p.add_argument('--load_ema', default='true', help='true: the EMA weights of a checkpoint folder (default); false: the raw ones')
     p.add_argument('--var_type', default=None, help=f"DDPM variance: {' | '.join(VAR_TYPES)} (default: the config's)")
-    p.add_argument('--skip_type', default=None, help=f"timestep respacing: {' | '.join(SKIP_TYPES)} (default with --skip_steps: the "
-                        f"sampler's, uniform for ddpm, logsnr for ddim and dpm_solver++)")
+    p.add_argument('--skip_type', default=None, help=f"timestep respacing: {' | '.join(SKIP_TYPES)} (default with "
+                                                    f"--skip_steps: the sampler's, uniform for ddpm, logsnr for ddim "
+                                                    f"and dpm_solver++)")
     p.add_argument('--skip_steps', type=int, default=None, help='sample with this many steps (default: all T)')
     p.add_argument('--n_samples', type=int, required=True, help='number of images (or rows)')
     p.add_argument('--save_dir', required=True, help='output folder; rerunning the same command resumes it')

@@ -13,7 +13,6 @@ import math
 import os
 import sys
 
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from diffusions import SKIP_TYPES, from_config, make_sampler  # noqa: E402
 from diffusions.gaussian_oracle import exact_output_moments, gaussian_denoiser  # noqa: E402

@@ -156,17 +156,10 @@ def from_diffusers(path: str):
     params = params_of(config, f'{folder}/config.json')
     st, bin_ = os.path.join(folder, 'diffusion_pytorch_model.safetensors'), \
         os.path.join(folder, 'diffusion_pytorch_model.bin')
-    if os.path.isfile(st):
-        from safetensors.torch import load_file
-        try:
-            sd = load_file(st)
-        except Exception as e:
-            raise UserError(f"cannot read {st} ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
-    elif os.path.isfile(bin_):
-        from utils.checkpoint import load_file
-        sd = load_file(bin_)               # weights_only: a .bin is a pickle
-    else:
+    if not (os.path.isfile(st) or os.path.isfile(bin_)):
         raise UserError(f"{folder} holds no diffusion_pytorch_model.safetensors or .bin")
+    from utils.checkpoint import load_file
+    sd = load_file(st if os.path.isfile(st) else bin_)      # safetensors, or a .bin pickle read weights_only
     try:
         return params, from_diffusers_state(sd, params)
     except KeyError as e:
