@@ -25,5 +25,6 @@ def run_main(main, *args, **kwargs):
     try:
         return main(*args, **kwargs)
     except UserError as e:
-        print(f"error: {message(e)}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"error: {message(e)}\n")    # one write: the lines of several processes stay whole
+        sys.stderr.flush()
         sys.exit(2)
