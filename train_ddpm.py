@@ -131,8 +131,10 @@ def build_state(cfg, accelerator, loader) -> TrainState:
                                  weight_decay=tc['weight_decay'], fused=device.type == 'cuda')
     warmup = max(tc['warmup_steps'], 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    if accelerator.scaler is not None:     # fp16: accelerate's wrapper runs the loss scaler's step (without a scaler
+        optimizer = accelerator.prepare(optimizer)    # it only adds host work: two package lookups per step)
     step_gen = torch.Generator(device).manual_seed(cfg['seed'])         # t and ε; the same on every process
-    return TrainState(net, weights, model, ema, accelerator.prepare(optimizer), scheduler, loader, step_gen,
+    return TrainState(net, weights, model, ema, optimizer, scheduler, loader, step_gen,
                       accelerator, provenance=ckpt.provenance(cfg))
 
 

@@ -156,19 +156,23 @@ class FastWeights:
                 raise RuntimeError('FastWeights: a parameter no longer lives in the flat buffer (moved by .to() or '
                                    'replaced after FastWeights was made); make FastWeights after placing the model')
             grad = torch.zeros_like(self.param)
-            self._grads = (grad, [view_of(p, grad) for p in self.order])
-        grad, views = self._grads
-        by_dtype = {}
-        for src, view in zip(self.sources, views):
-            if src.grad is None:
-                view.zero_()
-                continue
-            dst, grads = by_dtype.setdefault(src.grad.dtype, ([], []))
-            dst.append(view)
-            grads.append(src.grad)
-            src.grad = None
-        for dst, grads in by_dtype.values():
-            torch._foreach_copy_(dst, grads)
+            views = [view_of(p, grad) for p in self.order]
+            by_dtype = {}                  # one group per gradient dtype (the bf16 copies, the fp32 GroupNorm), so
+            for src, view in zip(self.sources, views):      # that each step is one multi-tensor copy per group
+                by_dtype.setdefault(src.dtype, ([], []))
+                by_dtype[src.dtype][0].append(view)
+                by_dtype[src.dtype][1].append(src)
+            self._grads = (grad, list(by_dtype.values()))
+        grad, groups = self._grads
+        for views, sources in groups:
+            grads = [s.grad for s in sources]
+            if all(g is not None for g in grads):
+                torch._foreach_copy_(views, grads)
+            else:
+                for view, g in zip(views, grads):
+                    view.zero_() if g is None else view.copy_(g)
+            for s in sources:
+                s.grad = None
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(grad)
             grad.div_(dist.get_world_size())
