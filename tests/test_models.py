@@ -494,6 +494,34 @@ def test_flatten_keeps_values_shapes_strides_and_aligns():
 
 
 @pytest.mark.parametrize('bf16', [False, True])
+def test_flat_gradients_gathered_each_step_and_zero_where_none(bf16):
+    """grads_to_params (flat) puts each step's gradients into the buffer's .grad at each parameter's place (cast to
+    fp32), clears the sources, and writes zeros where a parameter got no gradient: a step later, the same again."""
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.norm = nn.Linear(3, 4), nn.Linear(3, 2), nn.GroupNorm(2, 4)
+
+        def forward(self, x, use_b):
+            y = self.norm(self.a(x).unsqueeze(-1)).sum()
+            return y + self.b(x).sum() if use_b else y
+
+    net = TwoHeads()
+    w = FastWeights(net, bf16_copy=bf16, flat=True)
+    for use_b in (True, False, True):
+        x = torch.randn(5, 3)
+        w.model(x.to(torch.bfloat16) if bf16 else x, use_b).backward()
+        expected = {name: torch.zeros(src.shape) if src.grad is None else src.grad.float()
+                    for name, src in w.model.named_parameters()}
+        w.grads_to_params()
+        assert all(p.grad is None for p in w.model.parameters())                   # the sources are cleared
+        for name, p in net.named_parameters():
+            got = view_of(p, w.param.grad)
+            assert got.dtype == torch.float32 and torch.equal(got, expected[name]), (name, use_b)
+        assert use_b or view_of(net.b.weight, w.param.grad).eq(0).all()
+
+
+@pytest.mark.parametrize('bf16', [False, True])
 def test_flat_params_train_as_per_parameter_bit_for_bit(bf16):
     """A few Adam steps with the flat buffer (one optimizer tensor, one-lerp EMA, one-cast bf16 refresh) give the
     per-parameter optimizer's weights, EMA and (converted) Adam state bit for bit on the CPU (no clipping here:
