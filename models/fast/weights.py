@@ -159,9 +159,9 @@ class FastWeights:
             views = [view_of(p, grad) for p in self.order]
             by_dtype = {}                  # one group per gradient dtype (the bf16 copies, the fp32 GroupNorm), so
             for src, view in zip(self.sources, views):      # that each step is one multi-tensor copy per group
-                by_dtype.setdefault(src.dtype, ([], []))
-                by_dtype[src.dtype][0].append(view)
-                by_dtype[src.dtype][1].append(src)
+                dst, srcs = by_dtype.setdefault(src.dtype, ([], []))
+                dst.append(view)
+                srcs.append(src)
             self._grads = (grad, list(by_dtype.values()))
         grad, groups = self._grads
         for views, sources in groups:
@@ -170,7 +170,10 @@ class FastWeights:
                 torch._foreach_copy_(views, grads)
             else:
                 for view, g in zip(views, grads):
-                    view.zero_() if g is None else view.copy_(g)
+                    if g is None:
+                        view.zero_()
+                    else:
+                        view.copy_(g)
             for s in sources:
                 s.grad = None
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
