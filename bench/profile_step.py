@@ -9,11 +9,10 @@
 `train` profiles the step train_ddpm.py runs: its own build_state and utils.train_state.train_step, with the
 config and any `--key value` overrides (ablations: `--train.flat_params false`), on random uint8 data kept on the
 GPU. `sample` profiles one no-grad forward and `chain` one DDPM reverse step (forward and sampler update), with
-the model prepared as `sample_ddpm.py --fast` prepares it (`--plain`: eager fp32). Prints the step's wall time, its
-kernel time and the host's time to issue it with the GPU kept busy (a step whose host time is near its kernel
-time idles the GPU whenever the host is slowed), the GPU time per kind
-(convolution, GEMM, normalisation, layout conversion, elementwise, optimizer/EMA, copies) and the top kernels,
-and writes OUT_DIR/kernels.txt, OUT_DIR/kernels.tsv and a Chrome trace OUT_DIR/trace.json (chrome://tracing or
+the model prepared as `sample_ddpm.py --fast` prepares it (`--plain`: eager fp32). Prints the step's wall time and
+its kernel time (kernel time well below the wall time: the GPU waits on the host), the GPU time per kind
+(convolution, GEMM, normalisation, layout conversion, elementwise, optimizer/EMA, copies) and the top kernels, and
+writes OUT_DIR/kernels.txt, OUT_DIR/kernels.tsv and a Chrome trace OUT_DIR/trace.json (chrome://tracing or
 Perfetto). Under `accelerate launch` with N processes, `train` profiles the step of N processes sharing the
 global batch (`train.batch_size`, as train_ddpm.py shares it), the gradient all-reduce counted as
 `communication`; every process profiles, process 0 writes the files.
@@ -63,24 +62,6 @@ def kind_of(name: str) -> str:
         if any(k in name for k in keys):
             return kind
     return 'other'
-
-
-def host_time(step, n=8):
-    """The host's time to issue one step when it never waits for the GPU: a sleep kernel queued first keeps the
-    GPU busy while `n` steps are issued. Median seconds per step; None if the GPU caught up (then the figure would
-    include waiting). When it exceeds the kernel time, the step rate is bound by the host."""
-    torch.cuda.synchronize()
-    torch.cuda._sleep(4_000_000_000)            # clock cycles: about 2 s on an H100
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    done = torch.cuda.Event()
-    done.record()
-    caught_up = done.query()
-    torch.cuda.synchronize()
-    return None if caught_up else sorted(times)[n // 2]
 
 
 def main():
@@ -145,7 +126,6 @@ def main():
     if device.type == 'cuda':
         torch.cuda.synchronize()
     wall = (time.time() - t0) / args.steps
-    host = host_time(step) if device.type == 'cuda' else None
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     with torch.profiler.profile(activities=acts) as prof:
         for _ in range(args.steps):
@@ -178,8 +158,7 @@ def main():
     lines = [f'{args.what}, {args.config}, batch {batch}' + (f' per process, {world} processes' if world > 1 else '') +
              f', {setting}: '
              f'{wall * 1000:.1f} ms per step on the host clock ({1 / wall:.1f} steps/s), '
-             f'{total:.1f} ms of kernel time per step'
-             + (f', {host * 1000:.1f} ms of host time to issue it (the GPU kept busy)' if host else ''),
+             f'{total:.1f} ms of kernel time per step',
              '', 'GPU time per kind (ms per step):']
     lines += [f'  {kind:32s} {ms:8.2f}  {ms / total:6.1%}' for kind, ms in per_kind.most_common()] if total else []
     lines += ['', f'top {args.top} kernels (ms per step):']
