@@ -107,11 +107,11 @@ def equality(n, root, tmp, fid_weights=None, fid_ref_stats=None, overrides=()):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--gpus', default='1,2')
     p.add_argument('--steps', type=int, default=400)
     p.add_argument('--sample-images', type=int, default=4000)
     p.add_argument('--sample-steps', type=int, default=100)
     p.add_argument('--micro-batch', type=int, default=500)
+    p.add_argument('--gpus', default='1,2')
     p.add_argument('--out', default='bench/results/scaling.json')
     p.add_argument('--only', default='train,sample,equality', help='comma list of parts: train,sample,equality')
     p.add_argument('--fixed', choices=('global', 'per-gpu', 'both'), default='both',
