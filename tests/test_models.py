@@ -216,11 +216,30 @@ def test_training_graph_keeps_group_norm_and_sampling_graph_takes_channel_stats(
     sampling = copy.deepcopy(model)
     compiled = compile_for_sampling(sampling, "default")
     assert all(type(m) is ChannelStatsGroupNorm for m in sampling.modules() if isinstance(m, nn.GroupNorm))
-    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and compiled._orig_mod is sampling
+    assert isinstance(compiled.compiled, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled.compiled._orig_mod is sampling
     assert sampling.state_dict().keys() == model.state_dict().keys()
     ops, out = traced_ops(sampling, x, t, grad=False)
     assert sum("var_mean" in op for op in ops) == n_norms and not any("group_norm" in op for op in ops)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_sampler_freezes_the_weights():
+    # compile_for_sampling makes the weights constants of the graph (inductor's freezing): the compiled model keeps
+    # computing with the weights of its first call. (Given to torch.compile(options=...) alone, freezing reached
+    # inductor but not dynamo, which kept the weights as graph inputs that a later change reached.)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(), nn.Conv2d(8, 3, 3, padding=1))
+    model = model.eval().requires_grad_(False)
+    x = torch.randn(2, 3, 8, 8)
+    compiled = compile_for_sampling(model, "default")
+    with torch.no_grad():
+        first = compiled(x)
+        torch.testing.assert_close(first, model(x), atol=1e-5, rtol=1e-4)
+        model[0].weight.add_(1.0)
+        changed, again = model(x), compiled(x)
+    assert (changed - first).abs().max() > 0.1
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
 
 
 def test_inductor_options_are_per_model_and_leave_the_process_alone():
@@ -237,7 +256,9 @@ def test_inductor_options_are_per_model_and_leave_the_process_alone():
     before = {k: getattr(inductor_config, k) for k in ("force_layout_optimization", "freezing",
                                                         "coordinate_descent_tuning", "post_grad_custom_post_pass")}
     compile_for_training(nn.Linear(2, 2), "default", force_layout_opt=True, tune=True)
-    compile_for_sampling(nn.Linear(2, 2), "default", tune=True)
+    sampler = compile_for_sampling(nn.Linear(2, 2), "default", tune=True)
+    with torch.no_grad():
+        sampler(torch.randn(1, 2))                       # freezing is switched on for the call only
     assert {k: getattr(inductor_config, k) for k in before} == before
 
 
