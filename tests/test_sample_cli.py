@@ -268,3 +268,17 @@ def test_quantize_uint8_rounds_like_save_image():
     q = images.quantize_uint8(x)
     assert q.dtype == torch.uint8 and q.tolist() == [0, 0, 3, 4, 128, 255, 255]
     assert torch.equal(images.to_uint8(x), q)
+
+
+def test_compiled_sampling_writes_the_eager_images(run, ckpt_dir, tmp_path):
+    """--compile end to end: the compiled model (frozen weights; the last batch of 5 padded to the static micro-batch)
+    writes the eager run's images (identical on torch 2.14's CPU; a level of rounding allowed in a few pixels)."""
+    skip = ['--sampler', 'ddim', '--skip_steps', '5']
+    run(cli(ckpt_dir, tmp_path / 'eager', *skip))
+    run(cli(ckpt_dir, tmp_path / 'compiled', *skip, '--compile'))
+    names = pngs(tmp_path / 'eager')
+    assert names == pngs(tmp_path / 'compiled') and len(names) == 5
+    eager = np.stack([read(tmp_path / 'eager', n) for n in names]).astype(int)
+    compiled = np.stack([read(tmp_path / 'compiled', n) for n in names]).astype(int)
+    diff = np.abs(eager - compiled)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
